@@ -1,0 +1,23 @@
+"""Data files shipped inside the package: CLIP's BPE vocabulary and the models jaxplain ships.
+
+A shipped model is a Hugging Face CLIP directory under ``assets/models/NAME/``; ``jaxplain.load(NAME)``
+finds it offline.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+
+def assets_dir() -> Path:
+    """The folder of jaxplain's shipped data files."""
+    return Path(str(resources.files("jaxplain") / "assets"))
+
+
+def shipped_models() -> dict[str, Path]:
+    """Models shipped with jaxplain, by name → their checkpoint directory."""
+    root = assets_dir() / "models"
+    if not root.is_dir():
+        return {}
+    return {d.name: d for d in sorted(root.iterdir()) if (d / "config.json").is_file()}

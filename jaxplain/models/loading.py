@@ -1,0 +1,229 @@
+"""``load`` and ``save``: Hugging Face CLIP checkpoint directories ↔ :class:`Model` bundles.
+
+Weights are read only from safetensors files; pickled checkpoints (``pytorch_model.bin``) are
+refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxplain.data.images import ImageProcessing, read_processing
+from jaxplain.data.tokenize import TOKENIZER_FILES, Tokenizer, bundled_bpe_dir
+from jaxplain.errors import CheckpointError, ModelNotFoundError
+from jaxplain.models import clip
+from jaxplain.models.bundle import Model, fingerprint
+from jaxplain.models.config import ClipConfig, read_config
+from jaxplain.models.convert import params_from_state_dict, state_dict_from_params
+
+WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+HUB_FILES = [
+    "config.json",
+    "*.safetensors",
+    WEIGHTS_INDEX,
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "preprocessor_config.json",
+]
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    out = {}
+    try:
+        with safe_open(str(path), framework="np") as f:
+            for key in f.keys():
+                try:
+                    out[key] = f.get_tensor(key)
+                except TypeError:  # bfloat16 has no NumPy dtype: read it through jax
+                    with safe_open(str(path), framework="flax") as g:
+                        out[key] = np.asarray(g.get_tensor(key).astype(jnp.float32))
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: cannot read it as safetensors ({e})") from None
+    except Exception as e:  # safetensors raises its own SafetensorError
+        raise CheckpointError(f"{path}: cannot read it as safetensors ({e})") from None
+    return out
+
+
+def read_weights(directory: Path) -> dict[str, np.ndarray]:
+    """All tensors of a checkpoint directory (single or sharded safetensors)."""
+    index = directory / WEIGHTS_INDEX
+    if (directory / WEIGHTS).is_file():
+        return _read_safetensors(directory / WEIGHTS)
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state: dict[str, np.ndarray] = {}
+        for shard in shards:
+            state.update(_read_safetensors(directory / shard))
+        return state
+    pickled = [n for n in ("pytorch_model.bin", "flax_model.msgpack", "tf_model.h5") if (directory / n).exists()]
+    hint = (
+        f" It has {', '.join(pickled)}, which jaxplain does not read (pickled or framework-specific files are never"
+        " unpickled). Convert it once where you trust the file: CLIPModel.from_pretrained(d).save_pretrained(d)"
+        " writes model.safetensors."
+        if pickled
+        else ""
+    )
+    raise CheckpointError(f"{directory}: no {WEIGHTS} (or sharded {WEIGHTS_INDEX}).{hint}")
+
+
+def _load_tokenizer(directory: Path, config: ClipConfig) -> Tokenizer:
+    if any((directory / f).is_file() for f in TOKENIZER_FILES):
+        tok = Tokenizer.from_directory(directory, config.text.max_positions)
+    elif config.text.vocab_size == 49408:
+        tok = Tokenizer.from_directory(bundled_bpe_dir(), config.text.max_positions)
+    else:
+        raise CheckpointError(
+            f"{directory}: no tokenizer files (tokenizer.json, or vocab.json and merges.txt) and the vocabulary "
+            f"({config.text.vocab_size} tokens) is not CLIP's standard one"
+        )
+    if tok.vocab_size > config.text.vocab_size:
+        raise CheckpointError(
+            f"{directory}: the tokenizer has {tok.vocab_size} tokens but the model's embedding table "
+            f"has {config.text.vocab_size} rows"
+        )
+    return tok
+
+
+def _hub_download(repo_id: str) -> Path:
+    """Fetch a checkpoint from the Hugging Face Hub (or its local cache) and return its directory."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - transformers depends on it
+        raise ModelNotFoundError(_not_found(repo_id, "huggingface_hub is not installed")) from None
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True))
+    except Exception:
+        pass
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelNotFoundError(_not_found(repo_id, reason)) from None
+
+
+def _not_found(name: str, reason: str) -> str:
+    local = name.split("/")[-1]
+    return (
+        f"model {name!r} is not a local directory and could not be fetched from the Hugging Face Hub "
+        f"({reason}).\n"
+        f"On a machine with network access, download it:\n"
+        f"    hf download {name} --local-dir {local}\n"
+        f"then copy the folder {local}/ here and pass its path (e.g. --model ./{local}). "
+        f"jaxplain needs config.json, model.safetensors, the tokenizer files and preprocessor_config.json."
+    )
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """The checkpoint directory for a name: a local directory, a model jaxplain ships, or a hub id."""
+    from jaxplain.assets import shipped_models
+
+    s = str(name_or_path)
+    path = Path(s).expanduser()
+    if path.is_dir():
+        return path
+    if s in shipped_models():
+        return shipped_models()[s]
+    if path.exists():
+        raise CheckpointError(f"{s}: is a file; pass the checkpoint directory that holds config.json")
+    if _HUB_ID.match(s):
+        return _hub_download(s)
+    shipped = ", ".join(sorted(shipped_models())) or "none"
+    raise ModelNotFoundError(
+        f"model {s!r}: no such directory, and not a hub id of the form 'org/name' (models shipped with jaxplain: "
+        f"{shipped})"
+    )
+
+
+def load(name_or_path: str | os.PathLike, *, dtype: str = "float32") -> Model:
+    """Load a CLIP checkpoint as a :class:`Model`.
+
+    Args:
+      name_or_path: a local Hugging Face CLIP directory (``config.json``, ``model.safetensors``,
+        tokenizer files, ``preprocessor_config.json``), the name of a model shipped with jaxplain, or a
+        hub id such as ``"openai/clip-vit-base-patch32"`` (downloaded where the network allows).
+      dtype: compute dtype, ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``. Embeddings are
+        returned as float32 either way; layer norms and softmax run in float32.
+
+    Raises:
+      ModelNotFoundError: the name is not found locally and cannot be downloaded; the message says
+        what to download and where to put it.
+      CheckpointError: the checkpoint is incomplete or does not match its config (the message names
+        each missing, left-over or mis-shaped tensor).
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    directory = resolve(name_or_path)
+    config = read_config(directory)
+    state = read_weights(directory)
+    host = params_from_state_dict(state, config, source=str(directory))
+    fp = fingerprint(config, host)
+    params = jax.tree.map(jnp.asarray, host)
+    if dtype != "float32":
+        params = clip.cast_params(params, DTYPES[dtype])
+    return Model(
+        name=str(name_or_path),
+        config=config,
+        params=params,
+        tokenizer=_load_tokenizer(directory, config),
+        processing=read_processing(directory, config.vision.image_size),
+        fingerprint=fp,
+        directory=directory,
+    )
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    config: ClipConfig,
+    params: clip.Params,
+    tokenizer_dir: str | os.PathLike,
+    processing: ImageProcessing | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write params in the Hugging Face CLIP format, loadable by :func:`load` and by transformers.
+
+    Writes ``config.json`` (with ``extra`` keys merged in), ``model.safetensors`` (float32),
+    ``preprocessor_config.json`` and the tokenizer files of ``tokenizer_dir`` (``vocab.json`` and
+    ``merges.txt``, plus the ``tokenizer.json`` and ``tokenizer_config.json`` transformers writes).
+    """
+    from safetensors.numpy import save_file
+    from transformers import CLIPTokenizer
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    hf = {**config.to_hf_dict(), **(extra or {})}
+    (out / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+    state = state_dict_from_params(jax.tree.map(np.asarray, params), config)
+    save_file(state, str(out / WEIGHTS), metadata={"format": "pt"})
+    processing = processing or ImageProcessing.for_image_size(config.vision.image_size)
+    (out / "preprocessor_config.json").write_text(json.dumps(processing.to_hf_dict(), indent=2) + "\n")
+    tok_src = Path(tokenizer_dir)
+    for name in ("vocab.json", "merges.txt"):
+        if (tok_src / name).is_file() and tok_src.resolve() != out.resolve():
+            (out / name).write_bytes((tok_src / name).read_bytes())
+    hf_tok = CLIPTokenizer.from_pretrained(str(tok_src))
+    hf_tok.model_max_length = config.text.max_positions
+    hf_tok.save_pretrained(str(out))
+    return out
+
+
+def save(model: Model, directory: str | os.PathLike) -> Path:
+    """Save a loaded :class:`Model` (weights as float32) in the Hugging Face CLIP format."""
+    params = jax.tree.map(lambda x: np.asarray(x, np.float32), model.params)
+    src = model.directory if model.directory is not None else bundled_bpe_dir()
+    return save_checkpoint(directory, model.config, params, src, model.processing)

@@ -1,0 +1,101 @@
+"""The pieces both CLIP towers share: layer norm, multi-head attention, MLP, a scanned encoder.
+
+All functions are pure and work on batched token arrays ``[N, T, D]``; they also work under
+``vmap`` (with the batch axis removed). Layers are stacked along a leading axis and run with
+``lax.scan``, so a 24-layer tower compiles one layer body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Params = dict[str, Any]
+
+
+def activation(name: str):
+    """The element-wise activation a Hugging Face config names."""
+    if name == "quick_gelu":
+        return lambda x: x * jax.nn.sigmoid(1.702 * x)
+    if name == "gelu":
+        return lambda x: jax.nn.gelu(x, approximate=False)
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: jax.nn.gelu(x, approximate=True)
+    if name == "relu":
+        return jax.nn.relu
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def layer_norm(x: jax.Array, p: Params, eps: float) -> jax.Array:
+    """Layer norm over the last axis, computed in float32 whatever the input dtype."""
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    y = (xf - mean) * jax.lax.rsqrt(var + eps)
+    return (y * p["scale"].astype(jnp.float32) + p["bias"].astype(jnp.float32)).astype(x.dtype)
+
+
+def dense(x: jax.Array, p: Params) -> jax.Array:
+    """``x @ kernel + bias`` with ``kernel`` shaped ``[in, out]``."""
+    return x @ p["kernel"] + p["bias"]
+
+
+def attention(x: jax.Array, p: Params, num_heads: int, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """Multi-head self-attention.
+
+    Args:
+      x: tokens ``[..., T, D]``.
+      p: ``{"q", "k", "v", "out"}`` dense params.
+      num_heads: heads; ``D`` must divide by it.
+      mask: ``[T, T]`` booleans, True where a query may attend to a key; None for full attention.
+
+    Returns:
+      the attended tokens ``[..., T, D]`` and the attention probabilities ``[..., H, T, T]``.
+    """
+    *batch, t, d = x.shape
+    hd = d // num_heads
+
+    def heads(y):
+        return y.reshape(*batch, t, num_heads, hd)
+
+    q, k, v = heads(dense(x, p["q"])), heads(dense(x, p["k"])), heads(dense(x, p["v"]))
+    logits = jnp.einsum("...qhd,...khd->...hqk", q, k).astype(jnp.float32) * (hd**-0.5)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
+    out = jnp.einsum("...hqk,...khd->...qhd", probs, v).reshape(*batch, t, d)
+    return dense(out, p["out"]), probs
+
+
+def encoder(
+    x: jax.Array,
+    layers: Params,
+    *,
+    num_heads: int,
+    act: str,
+    eps: float,
+    mask: jax.Array | None = None,
+    collect: bool = False,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Pre-norm transformer blocks, scanned over the stacked ``layers`` params.
+
+    Returns the final tokens ``[..., T, D]`` and, when ``collect`` is set, a dict with
+    ``"tokens"`` ``[L + 1, ..., T, D]`` (the encoder input, then each block's output) and
+    ``"attention"`` ``[L, ..., H, T, T]``; otherwise an empty dict.
+    """
+    act_fn = activation(act)
+
+    def block(h, lp):
+        a, probs = attention(layer_norm(h, lp["ln1"], eps), lp["attn"], num_heads, mask)
+        h = h + a
+        m = dense(act_fn(dense(layer_norm(h, lp["ln2"], eps), lp["mlp"]["fc1"])), lp["mlp"]["fc2"])
+        h = h + m
+        return h, ((h, probs) if collect else None)
+
+    h, stacked = jax.lax.scan(block, x, layers)
+    if not collect:
+        return h, {}
+    hs, probs = stacked
+    return h, {"tokens": jnp.concatenate([x[None], hs], axis=0), "attention": probs}

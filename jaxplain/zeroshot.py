@@ -1,0 +1,80 @@
+"""Zero-shot classification with prompt-template ensembling.
+
+Each class gets one embedding: the class name is put into every template, the texts are encoded,
+their unit embeddings averaged and the mean renormalised. Images are then scored against the class
+embeddings with the model's temperature: ``p = softmax(s · u · Vᵀ)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxplain.errors import InputError
+from jaxplain.models.bundle import Model
+
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.",
+    "a bad photo of a {}.",
+    "a photo of the large {}.",
+    "a photo of the small {}.",
+    "a cropped photo of a {}.",
+    "a close-up photo of a {}.",
+    "a bright photo of a {}.",
+    "a dark photo of a {}.",
+    "a black and white photo of a {}.",
+    "a low resolution photo of a {}.",
+)
+
+
+def ensemble(text_emb: jax.Array) -> jax.Array:
+    """``[C, T, E]`` unit embeddings of C classes × T templates → ``[C, E]`` unit class embeddings."""
+    mean = text_emb.mean(axis=-2)
+    return mean / jnp.linalg.norm(mean, axis=-1, keepdims=True)
+
+
+def zero_shot_logits(image_emb: jax.Array, class_emb: jax.Array, scale: jax.Array | float) -> jax.Array:
+    """Scaled similarities ``[N, C]`` of unit image embeddings ``[N, E]`` to class embeddings ``[C, E]``."""
+    return scale * image_emb @ class_emb.T
+
+
+def zero_shot_probs(image_emb: jax.Array, class_emb: jax.Array, scale: jax.Array | float) -> jax.Array:
+    """Class probabilities ``[N, C]``: the softmax of :func:`zero_shot_logits`."""
+    return jax.nn.softmax(zero_shot_logits(image_emb, class_emb, scale), axis=-1)
+
+
+def prompts(class_names: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """The C × T prompt texts, class-major."""
+    if not class_names:
+        raise InputError("no class names given")
+    if not templates:
+        raise InputError("no prompt templates given")
+    for t in templates:
+        if "{}" not in t:
+            raise InputError(f"template {t!r} has no '{{}}' for the class name")
+    for i, c in enumerate(class_names):
+        if not isinstance(c, str) or not c.strip():
+            raise InputError(f"class name {i} ({c!r}) is empty")
+    return [t.format(c) for c in class_names for t in templates]
+
+
+def class_embeddings(
+    model: Model, class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
+) -> np.ndarray:
+    """Prompt-ensembled class embeddings ``[C, E]`` (unit norm, float32)."""
+    emb = model.encode_texts(prompts(class_names, templates))
+    return np.asarray(ensemble(emb.reshape(len(class_names), len(templates), -1)))
+
+
+def classify(
+    model: Model,
+    images,
+    class_names: Sequence[str],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+) -> np.ndarray:
+    """Zero-shot class probabilities ``[N, C]`` for images (any form :meth:`Model.encode_images` takes)."""
+    cls = class_embeddings(model, class_names, templates)
+    return np.asarray(zero_shot_probs(model.encode_images(images), cls, model.logit_scale))
