@@ -24,13 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxplain.models.config import ClipConfig
-from jaxplain.models.transformer import encoder, layer_norm
+from jaxplain.models.transformer import at_least_f32, encoder, layer_norm
 
 Params = dict[str, Any]
 
 
 def _unit(x: jax.Array) -> jax.Array:
-    x = x.astype(jnp.float32)
+    x = x.astype(at_least_f32(x.dtype))
     return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
@@ -148,7 +148,7 @@ def encode_text(params: Params, token_ids: jax.Array, config: ClipConfig) -> jax
 
 def logit_scale(params: Params) -> jax.Array:
     """The model's temperature ``s = exp(logit_scale)`` (a scalar, float32)."""
-    return jnp.exp(params["logit_scale"].astype(jnp.float32))
+    return jnp.exp(params["logit_scale"].astype(at_least_f32(params["logit_scale"].dtype)))
 
 
 def logits(params: Params, image_emb: jax.Array, text_emb: jax.Array) -> jax.Array:

@@ -28,13 +28,19 @@ def activation(name: str):
     raise ValueError(f"unknown activation {name!r}")
 
 
+def at_least_f32(dtype) -> jnp.dtype:
+    """The dtype for numerically sensitive steps: float32, or float64 when the input is float64."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def layer_norm(x: jax.Array, p: Params, eps: float) -> jax.Array:
-    """Layer norm over the last axis, computed in float32 whatever the input dtype."""
-    xf = x.astype(jnp.float32)
+    """Layer norm over the last axis, computed in at least float32 whatever the input dtype."""
+    ft = at_least_f32(x.dtype)
+    xf = x.astype(ft)
     mean = xf.mean(-1, keepdims=True)
     var = jnp.square(xf - mean).mean(-1, keepdims=True)
     y = (xf - mean) * jax.lax.rsqrt(var + eps)
-    return (y * p["scale"].astype(jnp.float32) + p["bias"].astype(jnp.float32)).astype(x.dtype)
+    return (y * p["scale"].astype(ft) + p["bias"].astype(ft)).astype(x.dtype)
 
 
 def dense(x: jax.Array, p: Params) -> jax.Array:
@@ -61,9 +67,10 @@ def attention(x: jax.Array, p: Params, num_heads: int, mask: jax.Array | None) -
         return y.reshape(*batch, t, num_heads, hd)
 
     q, k, v = heads(dense(x, p["q"])), heads(dense(x, p["k"])), heads(dense(x, p["v"]))
-    logits = jnp.einsum("...qhd,...khd->...hqk", q, k).astype(jnp.float32) * (hd**-0.5)
+    ft = at_least_f32(x.dtype)
+    logits = jnp.einsum("...qhd,...khd->...hqk", q, k).astype(ft) * (hd**-0.5)
     if mask is not None:
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        logits = jnp.where(mask, logits, jnp.finfo(ft).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
     out = jnp.einsum("...hqk,...khd->...qhd", probs, v).reshape(*batch, t, d)
     return dense(out, p["out"]), probs

@@ -1,0 +1,37 @@
+"""Size buckets and bucketed mapping."""
+
+import numpy as np
+import pytest
+
+from jaxplain.batching import bucket, chunks, map_bucketed, pad_rows
+
+
+@pytest.mark.parametrize(
+    "n, cap, want", [(1, None, 8), (8, None, 8), (9, None, 16), (100, None, 128), (100, 64, 128), (50, 64, 64), (5, 4, 8)]
+)
+def test_bucket(n, cap, want):
+    assert bucket(n, cap) == want
+
+
+def test_bucket_rejects_empty():
+    with pytest.raises(ValueError):
+        bucket(0)
+
+
+def test_pad_rows_and_chunks():
+    x = np.arange(6).reshape(3, 2)
+    np.testing.assert_array_equal(pad_rows(x, 5), [[0, 1], [2, 3], [4, 5], [0, 0], [0, 0]])
+    assert [(s.start, s.stop) for s in chunks(10, 4)] == [(0, 4), (4, 8), (8, 10)]
+
+
+def test_map_bucketed_sees_only_bucket_shapes():
+    seen = []
+
+    def fn(x):
+        seen.append(x.shape[0])
+        return x * 2
+
+    x = np.arange(21, dtype=np.float32)[:, None]
+    out = map_bucketed(fn, x, batch_size=16)
+    np.testing.assert_array_equal(out, x * 2)
+    assert seen == [16, 8]

@@ -1,0 +1,124 @@
+"""The towers are pure functions: they jit, vmap and differentiate, and compile once per bucket."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxplain.models import clip
+from jaxplain.models.bundle import encode_image_jit, encode_text_jit
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_model, reference):
+    return jnp.asarray(reference["pixels"][:4]), jnp.asarray(reference["input_ids"][:4])
+
+
+def pair_similarity(params, pixels, ids, config):
+    """Cosine similarity of one image [3, H, W] and one text [T], through both towers."""
+    u = clip.encode_image(params, pixels[None], config)[0]
+    v = clip.encode_text(params, ids[None], config)[0]
+    return u @ v
+
+
+def test_jit_vmap_grad_matches_finite_differences(tiny_model, inputs):
+    cfg, params = tiny_model.config, tiny_model.params
+    pixels, ids = inputs
+    grad_fn = jax.jit(jax.vmap(jax.grad(pair_similarity, argnums=1), in_axes=(None, 0, 0, None)), static_argnums=3)
+    g = np.asarray(grad_fn(params, pixels, ids, cfg))
+    assert g.shape == pixels.shape
+
+    # central differences in float64 on a few pixel coordinates of every pair
+    params64 = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+    f = jax.jit(lambda p, x, t: pair_similarity(p, x, t, cfg))
+    eps = 1e-4
+    rng = np.random.RandomState(0)
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(jnp.asarray, params64)
+        for n in range(pixels.shape[0]):
+            x = np.asarray(pixels[n], np.float64)
+            for _ in range(3):
+                c, i, j = rng.randint(3), rng.randint(32), rng.randint(32)
+                d = np.zeros_like(x)
+                d[c, i, j] = eps
+                fd = (f(p64, x + d, ids[n]) - f(p64, x - d, ids[n])) / (2 * eps)
+                np.testing.assert_allclose(g[n, c, i, j], fd, rtol=2e-3, atol=1e-6)
+
+
+def test_grad_with_respect_to_token_embeddings(tiny_model, inputs):
+    cfg, params = tiny_model.config, tiny_model.params
+    _, ids = inputs
+    emb = clip.embed_tokens(params, ids)
+    # passing the looked-up embeddings gives the same result as passing ids
+    a = clip.text_forward(params, ids, cfg)[0]
+    b = clip.text_forward(params, ids, cfg, token_embeds=emb)[0]
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+    def norm_of_projection(e):
+        return clip.text_forward(params, ids, cfg, token_embeds=e)[1]["projected"].sum()
+
+    g = jax.grad(norm_of_projection)(emb)
+    eos = np.asarray(clip.eos_positions(ids, cfg))
+    # causal attention: tokens after the end-of-text token cannot influence the pooled output
+    for n in range(ids.shape[0]):
+        assert np.abs(np.asarray(g[n, eos[n] + 1 :])).max() == 0.0
+        assert np.abs(np.asarray(g[n, : eos[n] + 1])).max() > 0.0
+
+
+def test_intermediates(tiny_model, inputs):
+    cfg, params = tiny_model.config, tiny_model.params
+    pixels, ids = inputs
+    emb, aux = clip.image_forward(params, pixels, cfg, collect=True)
+    L, H, T = cfg.vision.num_layers, cfg.vision.num_heads, cfg.vision.num_positions
+    assert aux["tokens"].shape == (4, L + 1, T, cfg.vision.hidden_size)
+    assert aux["attention"].shape == (4, L, H, T, T)
+    np.testing.assert_allclose(aux["attention"].sum(-1), 1.0, atol=1e-5)
+    # the pooled output is the post-layer-norm of the last layer's class token
+    from jaxplain.models.transformer import layer_norm
+
+    pooled = layer_norm(aux["tokens"][:, -1, 0], params["vision"]["post_ln"], cfg.vision.layer_norm_eps)
+    np.testing.assert_allclose(pooled, aux["pooled"], atol=1e-6)
+    np.testing.assert_allclose(emb, clip.encode_image(params, pixels, cfg), atol=1e-6)
+
+    _, taux = clip.text_forward(params, ids, cfg, collect=True)
+    att = np.asarray(taux["attention"])
+    assert att.shape == (4, cfg.text.num_layers, cfg.text.num_heads, 77, 77)
+    assert np.abs(np.triu(att, k=1)).max() == 0.0  # causal: nothing attends to later tokens
+
+
+def test_vmap_over_single_examples_equals_the_batch(tiny_model, inputs):
+    cfg, params = tiny_model.config, tiny_model.params
+    pixels, ids = inputs
+    one = jax.vmap(lambda x: clip.encode_image(params, x[None], cfg)[0])(pixels)
+    np.testing.assert_allclose(one, clip.encode_image(params, pixels, cfg), atol=1e-6)
+    one_t = jax.vmap(lambda t: clip.encode_text(params, t[None], cfg)[0])(ids)
+    np.testing.assert_allclose(one_t, clip.encode_text(params, ids, cfg), atol=1e-6)
+
+
+def test_no_recompile_within_a_bucket(tiny_model, reference):
+    pixels = np.concatenate([reference["pixels"]] * 2)  # 14 images
+    ids = reference["input_ids"]
+    tiny_model.encode_pixels(pixels[:5])
+    tiny_model.encode_ids(ids[:3])
+    n_img, n_txt = encode_image_jit._cache_size(), encode_text_jit._cache_size()
+    a = tiny_model.encode_pixels(pixels[:7])  # 5 and 7 share the bucket of 8
+    b = tiny_model.encode_ids(ids[:6])
+    assert encode_image_jit._cache_size() == n_img
+    assert encode_text_jit._cache_size() == n_txt
+    # and padding does not change the results
+    np.testing.assert_allclose(a, clip.encode_image(tiny_model.params, pixels[:7], tiny_model.config), atol=1e-6)
+    np.testing.assert_allclose(b[:5], tiny_model.encode_ids(ids[:5]), atol=1e-6)
+    tiny_model.encode_pixels(pixels[:14])  # a new bucket (16) compiles once more
+    assert encode_image_jit._cache_size() == n_img + 1
+
+
+def test_bfloat16_compute_mode(tiny_model, reference):
+    from jaxplain.models.clip import cast_params
+
+    low = tiny_model.with_params(cast_params(tiny_model.params, jnp.bfloat16))
+    a = tiny_model.encode_pixels(reference["pixels"])
+    b = low.encode_pixels(reference["pixels"])
+    assert b.dtype == np.float32
+    cos = (a * b).sum(-1)
+    assert cos.min() > 0.99, cos
+    np.testing.assert_allclose(np.linalg.norm(b, axis=-1), 1.0, atol=1e-5)
