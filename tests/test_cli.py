@@ -84,7 +84,18 @@ def test_out_must_be_npy(tmp_path, capsys):
 def test_console_script_runs(tmp_path):
     out = tmp_path / "e.npy"
     r = subprocess.run(
-        [sys.executable, "-m", "jaxplain", "embed", "--model", str(TINY), "--images", str(FIXTURES / "images" / "01_rgb.png"), "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "jaxplain",
+            "embed",
+            "--model",
+            str(TINY),
+            "--images",
+            str(FIXTURES / "images" / "01_rgb.png"),
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
     )

@@ -12,33 +12,78 @@ from jaxplain.models.config import ClipConfig, config_from_hf_dict, read_config
 REAL = {
     "openai/clip-vit-base-patch32": dict(
         text=dict(hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_hidden_layers=12),
-        vision=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-                    image_size=224, patch_size=32),
-        projection_dim=512, act="quick_gelu", positions=50, eos=2,
+        vision=dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            image_size=224,
+            patch_size=32,
+        ),
+        projection_dim=512,
+        act="quick_gelu",
+        positions=50,
+        eos=2,
     ),
     "openai/clip-vit-base-patch16": dict(
         text=dict(hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_hidden_layers=12),
-        vision=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-                    image_size=224, patch_size=16),
-        projection_dim=512, act="quick_gelu", positions=197, eos=2,
+        vision=dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            image_size=224,
+            patch_size=16,
+        ),
+        projection_dim=512,
+        act="quick_gelu",
+        positions=197,
+        eos=2,
     ),
     "openai/clip-vit-large-patch14": dict(
         text=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12),
-        vision=dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24,
-                    image_size=224, patch_size=14),
-        projection_dim=768, act="quick_gelu", positions=257, eos=2,
+        vision=dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_attention_heads=16,
+            num_hidden_layers=24,
+            image_size=224,
+            patch_size=14,
+        ),
+        projection_dim=768,
+        act="quick_gelu",
+        positions=257,
+        eos=2,
     ),
     "openai/clip-vit-large-patch14-336": dict(
         text=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12),
-        vision=dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24,
-                    image_size=336, patch_size=14),
-        projection_dim=768, act="quick_gelu", positions=577, eos=2,
+        vision=dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_attention_heads=16,
+            num_hidden_layers=24,
+            image_size=336,
+            patch_size=14,
+        ),
+        projection_dim=768,
+        act="quick_gelu",
+        positions=577,
+        eos=2,
     ),
     "laion/CLIP-ViT-H-14-laion2B-s32B-b79K": dict(
         text=dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24),
-        vision=dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=16, num_hidden_layers=32,
-                    image_size=224, patch_size=14),
-        projection_dim=1024, act="gelu", positions=257, eos=49407,
+        vision=dict(
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_attention_heads=16,
+            num_hidden_layers=32,
+            image_size=224,
+            patch_size=14,
+        ),
+        projection_dim=1024,
+        act="gelu",
+        positions=257,
+        eos=49407,
     ),
 }
 
@@ -93,7 +138,7 @@ def test_bad_configs_name_the_key(d, message):
 
 
 def test_read_config_errors(tmp_path):
-    with pytest.raises(CheckpointError, match="no config.json"):
+    with pytest.raises(CheckpointError, match=r"no config\.json"):
         read_config(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="cannot read it as JSON"):

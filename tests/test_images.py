@@ -91,7 +91,10 @@ def test_non_default_processing_settings():
     img = Image.fromarray(rgb(50, 80))
     p = ImageProcessing(shortest_edge=48, crop=(40, 40), mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0))
     want = CLIPImageProcessorPil(
-        size={"shortest_edge": 48}, crop_size={"height": 40, "width": 40}, image_mean=[0.5] * 3, image_std=[0.25, 0.5, 1.0]
+        size={"shortest_edge": 48},
+        crop_size={"height": 40, "width": 40},
+        image_mean=[0.5] * 3,
+        image_std=[0.25, 0.5, 1.0],
     )(images=[img], return_tensors="np")["pixel_values"]
     np.testing.assert_allclose(p([img]), want, atol=1e-6)
     assert ImageProcessing.from_hf_dict(p.to_hf_dict(), 224) == p

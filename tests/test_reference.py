@@ -45,12 +45,24 @@ def build(tmp_path, case):
     tok.save_pretrained(str(out))
     cfg = CLIPConfig(
         text_config=dict(
-            vocab_size=vocab, hidden_size=td, num_attention_heads=th, intermediate_size=tf, num_hidden_layers=layers,
-            hidden_act=act, eos_token_id=vocab - 1, bos_token_id=vocab - 2, pad_token_id=vocab - 1,
+            vocab_size=vocab,
+            hidden_size=td,
+            num_attention_heads=th,
+            intermediate_size=tf,
+            num_hidden_layers=layers,
+            hidden_act=act,
+            eos_token_id=vocab - 1,
+            bos_token_id=vocab - 2,
+            pad_token_id=vocab - 1,
         ),
         vision_config=dict(
-            hidden_size=vd, num_attention_heads=vh, intermediate_size=vf, num_hidden_layers=layers, image_size=size,
-            patch_size=patch, hidden_act=act,
+            hidden_size=vd,
+            num_attention_heads=vh,
+            intermediate_size=vf,
+            num_hidden_layers=layers,
+            image_size=size,
+            patch_size=patch,
+            hidden_act=act,
         ),
         projection_dim=proj,
     )

@@ -28,7 +28,9 @@ def test_matches_clip_tokenizer_padded_and_truncated(standard):
 
 def test_truncation_warning_names_the_text(standard):
     long = "the quick brown fox " * 30
-    with pytest.warns(UserWarning, match=r"text 1 'the quick brown fox.*' has 122 tokens; truncated to the context length 77"):
+    with pytest.warns(
+        UserWarning, match=r"text 1 'the quick brown fox.*' has 122 tokens; truncated to the context length 77"
+    ):
         ids = standard(["short", long])
     assert ids[1, -1] == standard.eos_id and ids[1, 0] == standard.bos_id
     assert (ids[1, 1:-1] != standard.eos_id).all()
@@ -56,4 +58,6 @@ def test_reduced_vocabulary(tmp_path):
         assert max(small_ids) < size
         # every text still tokenises, into more (or as many) pieces, and decodes to the same string
         assert len(small_ids) >= len(full.ids(text))
-        assert tok.hf.decode(small_ids, skip_special_tokens=True) == full.hf.decode(full.ids(text), skip_special_tokens=True)
+        assert tok.hf.decode(small_ids, skip_special_tokens=True) == full.hf.decode(
+            full.ids(text), skip_special_tokens=True
+        )

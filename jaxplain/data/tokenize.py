@@ -68,7 +68,7 @@ class Tokenizer:
                 f"{name} {_short(text)} has {len(ids)} tokens; truncated to the context length {self.context_length}",
                 stacklevel=3,
             )
-            ids = ids[: self.context_length - 1] + [self.eos_id]
+            ids = [*ids[: self.context_length - 1], self.eos_id]
         return ids
 
     def pad(self, ids: list[int]) -> np.ndarray:
@@ -97,7 +97,7 @@ def write_reduced_bpe(out_dir: str | Path, n_merges: int, source: str | Path | N
     lines = (source / "merges.txt").read_text(encoding="utf-8").splitlines()
     header, merges = lines[0], lines[1 : 1 + n_merges]
     by_id = sorted(vocab, key=vocab.get)
-    kept = by_id[: 512 + len(merges)] + ["<|startoftext|>", "<|endoftext|>"]
+    kept = [*by_id[: 512 + len(merges)], "<|startoftext|>", "<|endoftext|>"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(kept)}, ensure_ascii=False), "utf-8")

@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
+
 import jax
 import numpy as np
 
@@ -122,4 +123,3 @@ class Model:
             f"{c.text.hidden_size}, embed {c.projection_dim}, {clip.num_params(self.params):,} params, "
             f"fingerprint {self.fingerprint})"
         )
-

@@ -69,9 +69,7 @@ def image_forward(
     cls = jnp.broadcast_to(p["class_embedding"], (x.shape[0], 1, x.shape[-1]))
     x = jnp.concatenate([cls, x], axis=1) + p["position_embedding"]
     x = layer_norm(x, p["pre_ln"], v.layer_norm_eps)
-    h, aux = encoder(
-        x, p["layers"], num_heads=v.num_heads, act=v.hidden_act, eps=v.layer_norm_eps, collect=collect
-    )
+    h, aux = encoder(x, p["layers"], num_heads=v.num_heads, act=v.hidden_act, eps=v.layer_norm_eps, collect=collect)
     aux = _batch_first(aux)
     pooled = layer_norm(h[:, 0], p["post_ln"], v.layer_norm_eps)
     projected = pooled @ p["projection"]

@@ -155,11 +155,13 @@ def config_from_hf_dict(d: dict[str, Any], source: str = "config.json") -> ClipC
             raise CheckpointError(f"{source}: {where}.hidden_act = {cfg.hidden_act!r} is not one of {ACTIVATIONS}")
         if cfg.hidden_size % cfg.num_heads:
             raise CheckpointError(
-                f"{source}: {where}.hidden_size {cfg.hidden_size} is not divisible by num_attention_heads {cfg.num_heads}"
+                f"{source}: {where}.hidden_size {cfg.hidden_size} is not divisible by "
+                f"num_attention_heads {cfg.num_heads}"
             )
     if vision.image_size % vision.patch_size:
         raise CheckpointError(
-            f"{source}: vision_config.image_size {vision.image_size} is not a multiple of patch_size {vision.patch_size}"
+            f"{source}: vision_config.image_size {vision.image_size} is not a multiple of "
+            f"patch_size {vision.patch_size}"
         )
     projection_dim = d.get("projection_dim") or tdict.get("projection_dim") or 512
     return ClipConfig(

@@ -36,13 +36,25 @@ def _specs(config: ClipConfig) -> Iterator[tuple[str, tuple, int | None, str, tu
     yield "logit_scale", ("logit_scale",), None, "plain", ()
     yield "text_projection.weight", ("text", "projection"), None, "linear", (e, t.hidden_size)
     yield "visual_projection.weight", ("vision", "projection"), None, "linear", (e, v.hidden_size)
-    yield "text_model.embeddings.token_embedding.weight", ("text", "token_embedding"), None, "plain", (
-        t.vocab_size,
-        t.hidden_size,
+    yield (
+        "text_model.embeddings.token_embedding.weight",
+        ("text", "token_embedding"),
+        None,
+        "plain",
+        (
+            t.vocab_size,
+            t.hidden_size,
+        ),
     )
-    yield "text_model.embeddings.position_embedding.weight", ("text", "position_embedding"), None, "plain", (
-        t.max_positions,
-        t.hidden_size,
+    yield (
+        "text_model.embeddings.position_embedding.weight",
+        ("text", "position_embedding"),
+        None,
+        "plain",
+        (
+            t.max_positions,
+            t.hidden_size,
+        ),
     )
     for name in ("weight", "bias"):
         leaf = "scale" if name == "weight" else "bias"
@@ -50,15 +62,27 @@ def _specs(config: ClipConfig) -> Iterator[tuple[str, tuple, int | None, str, tu
         yield f"vision_model.pre_layrnorm.{name}", ("vision", "pre_ln", leaf), None, "plain", (v.hidden_size,)
         yield f"vision_model.post_layernorm.{name}", ("vision", "post_ln", leaf), None, "plain", (v.hidden_size,)
     yield "vision_model.embeddings.class_embedding", ("vision", "class_embedding"), None, "plain", (v.hidden_size,)
-    yield "vision_model.embeddings.patch_embedding.weight", ("vision", "patch_embedding"), None, "patch", (
-        v.hidden_size,
-        v.num_channels,
-        v.patch_size,
-        v.patch_size,
+    yield (
+        "vision_model.embeddings.patch_embedding.weight",
+        ("vision", "patch_embedding"),
+        None,
+        "patch",
+        (
+            v.hidden_size,
+            v.num_channels,
+            v.patch_size,
+            v.patch_size,
+        ),
     )
-    yield "vision_model.embeddings.position_embedding.weight", ("vision", "position_embedding"), None, "plain", (
-        v.num_positions,
-        v.hidden_size,
+    yield (
+        "vision_model.embeddings.position_embedding.weight",
+        ("vision", "position_embedding"),
+        None,
+        "plain",
+        (
+            v.num_positions,
+            v.hidden_size,
+        ),
     )
     for tower, prefix, cfg in (("text", "text_model", t), ("vision", "vision_model", v)):
         d, f = cfg.hidden_size, cfg.intermediate_size
