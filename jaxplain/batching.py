@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-MIN_BUCKET = 8
+MIN_BUCKET = 1
 
 
 def bucket(n: int, cap: int | None = None) -> int:

@@ -8,7 +8,7 @@ from jaxplain.batching import bucket, chunks, map_bucketed, pad_rows
 
 @pytest.mark.parametrize(
     "n, cap, want",
-    [(1, None, 8), (8, None, 8), (9, None, 16), (100, None, 128), (100, 64, 128), (50, 64, 64), (5, 4, 8)],
+    [(1, None, 1), (3, None, 4), (8, None, 8), (9, None, 16), (100, None, 128), (50, 64, 64), (5, 4, 8)],
 )
 def test_bucket(n, cap, want):
     assert bucket(n, cap) == want
