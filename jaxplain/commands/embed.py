@@ -1,0 +1,97 @@
+"""``jaxplain embed``: unit-norm float32 embeddings of images or texts, in input order."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from jaxplain.commands.common import EXIT_BAD_ITEMS, EXIT_OK, encode_stream, npy_path, read_lines, report
+from jaxplain.errors import InputError
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "embed",
+        help="write unit-norm embeddings of images or texts to a .npy file",
+        description=(
+            "Encode images (files, or directories whose image files are taken in file-name order) or texts "
+            "(one per line) and write unit-norm float32 embeddings [N, E] to OUT, in input order. "
+            "OUT with .json instead of .npy lists the item of every row, the model's fingerprint, and the "
+            "bad items that were skipped (exit status 1 if there were any)."
+        ),
+    )
+    p.add_argument("--model", required=True, help="checkpoint directory, shipped model name, or hub id")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", nargs="+", metavar="DIR_OR_FILE", help="image files and/or directories")
+    src.add_argument("--texts", metavar="FILE", help="a UTF-8 text file, one text per line")
+    p.add_argument("--out", required=True, help="output .npy file")
+    p.add_argument("--batch-size", type=int, default=64, help="items per forward pass (default 64)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute dtype")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from jaxplain.data.images import list_images
+    from jaxplain.models import load
+
+    out = npy_path(args.out)
+    model = load(args.model, dtype=args.dtype)
+    if args.images:
+        files = list_images(args.images)
+        if not files:
+            raise InputError(f"no image files found in {' '.join(args.images)}")
+        items = [str(f) for f in files]
+        emb, kept, errors = encode_stream(
+            len(files),
+            lambda i: model.processing.pixels(files[i], items[i]),
+            lambda i: items[i],
+            lambda x: model.encode_pixels(x, args.batch_size),
+            args.batch_size,
+            "embedding images",
+            "img",
+        )
+    else:
+        path = Path(args.texts)
+        items = read_lines(path, "texts")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            emb, kept, errors = encode_stream(
+                len(items),
+                lambda i: model.tokenizer.pad(model.tokenizer.ids(items[i], f"{path}:{i + 1}")),
+                lambda i: f"{path}:{i + 1}",
+                lambda x: model.encode_ids(x, args.batch_size),
+                args.batch_size,
+                "embedding texts",
+                "text",
+            )
+        for w in caught:
+            print(f"jaxplain: warning: {w.message}", file=sys.stderr)
+    report(errors)
+    if emb is None:
+        print(f"jaxplain: no item could be embedded ({len(errors)} bad); nothing written", file=sys.stderr)
+        return EXIT_BAD_ITEMS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, emb.astype(np.float32))
+    manifest = {
+        "model": model.name,
+        "fingerprint": model.fingerprint,
+        "kind": "image" if args.images else "text",
+        "shape": list(emb.shape),
+        "items": [items[i] for i in kept],
+        "errors": errors,
+    }
+    manifest_path = out.with_suffix(".json")
+    manifest_path.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    skipped = f"; {len(errors)} bad items skipped" if errors else ""
+    print(
+        f"wrote {emb.shape[0]} embeddings of dimension {emb.shape[1]} to {out} "
+        f"(row → item in {manifest_path}){skipped}",
+        file=sys.stderr,
+    )
+    return EXIT_BAD_ITEMS if errors else EXIT_OK
