@@ -1,0 +1,156 @@
+"""Target embeddings: for every pair, a point near the original embedding that reaches the wanted outcome.
+
+For one pair with original unit embedding ``u0`` and margin function ``m`` (see
+:mod:`jaxplain.objectives`), and each depth ``δ``, the solver minimises
+
+    ‖e − u0‖² + λ · relu(δ − m(e))²      with  e = w / ‖w‖,  w initialised at u0,
+
+by a fixed number of Adam steps with a cosine-decayed step size. ``λ`` grows geometrically from 1 to
+its final value over the first half of the steps (a penalty continuation): starting at full ``λ``, the
+first gradients are hundreds of times larger than the rest and Adam's step normalisation, which
+remembers them, then crawls. A pair stops moving (its convergence
+mask is set) once the gradient norm falls below ``tol``. The quadratic penalty settles a
+little short of ``δ`` (by about ``tan θ / λ`` for a target at angle θ), so depth 0 lands just before
+the decision boundary and the deeper targets inside the wanted region. Several depths per pair give several
+retrieval queries, from the decision boundary to well inside the wanted region; with ``u0`` itself
+they cover the neighbourhood where the nearest valid real item lies.
+
+One jitted function, ``vmap``ped over pairs and depths; batches are padded to power-of-two sizes so
+another batch size in the same bucket reuses the compiled code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxplain.batching import bucket
+from jaxplain.objectives import Goal, margin, scores
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverConfig:
+    """Settings of the target solver.
+
+    Attributes:
+      steps: optimiser steps (a fixed budget; converged pairs stop moving).
+      learning_rate: Adam's initial step size on ``w`` (cosine-decayed to 1% over ``steps``).
+      penalty: ``λ``, the final weight of the missed-outcome penalty (reached halfway).
+      depths: margin targets ``δ`` (cosine units), one target embedding per depth.
+      tol: a pair is converged (and stops) once its gradient norm falls below this.
+    """
+
+    steps: int = 200
+    learning_rate: float = 0.03
+    penalty: float = 200.0
+    depths: tuple[float, ...] = (0.0, 0.02, 0.05)
+    tol: float = 1e-3
+
+
+class Targets(NamedTuple):
+    """Solver output for N pairs and D depths.
+
+    Attributes:
+      embedding: ``[N, D, E]`` unit target embeddings.
+      margin: ``[N, D]`` margin each target reached (positive: the outcome holds there).
+      distance: ``[N, D]`` ``‖e − u0‖``.
+      converged: ``[N, D]`` whether the pair stopped within the step budget.
+    """
+
+    embedding: jax.Array
+    margin: jax.Array
+    distance: jax.Array
+    converged: jax.Array
+
+
+def _unit(w):
+    return w / jnp.linalg.norm(w, axis=-1, keepdims=True)
+
+
+def _solve_one(u0, goal, anchor, classes, scale, depth, config: SolverConfig):
+    """One pair, one depth: returns (e, margin, distance, converged)."""
+    opt = optax.adam(optax.cosine_decay_schedule(config.learning_rate, config.steps, alpha=0.01), b2=0.99)
+
+    def objective(w, lam):
+        e = _unit(w)
+        sim, z = scores(e, anchor, classes, scale)
+        m = margin(sim, z, goal, scale, smooth=True)
+        return jnp.sum(jnp.square(e - u0)) + lam * jnp.square(jax.nn.relu(depth - m))
+
+    def step(state, t):
+        w, opt_state, done = state
+        lam = config.penalty ** jnp.minimum(1.0, t / (config.steps / 2))
+        g = jax.grad(objective)(w, lam)
+        # The objective depends on w only through w/‖w‖, so g is tangent to the sphere and vanishes
+        # exactly at a stationary target (a step size says less: Adam's steps are normalised).
+        # Only once λ is final: every intermediate λ has an equilibrium of its own.
+        done = done | ((t >= config.steps / 2) & (jnp.linalg.norm(g) < config.tol))
+        updates, new_opt = opt.update(g, opt_state, w)
+        w = jnp.where(done, w, optax.apply_updates(w, updates))
+        opt_state = jax.tree.map(lambda a, b: jnp.where(done, a, b), opt_state, new_opt)
+        return (w, opt_state, done), None
+
+    init = (u0, opt.init(u0), jnp.zeros((), bool))
+    (w, _, done), _ = jax.lax.scan(step, init, jnp.arange(config.steps, dtype=u0.dtype))
+    e = _unit(w)
+    sim, z = scores(e, anchor, classes, scale)
+    return e, margin(sim, z, goal, scale), jnp.linalg.norm(e - u0), done
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _solve(u0, goal, anchor, classes, scale, config: SolverConfig) -> Targets:
+    depths = jnp.asarray(config.depths, u0.dtype)
+    per_depth = jax.vmap(_solve_one, in_axes=(None, None, None, None, None, 0, None))
+    per_pair = jax.vmap(per_depth, in_axes=(0, 0, 0, None, None, None, None))
+    return Targets(*per_pair(u0, goal, anchor, classes, scale, depths, config))
+
+
+def pad_edge(x: np.ndarray, size: int) -> np.ndarray:
+    """Pad ``x`` along axis 0 to ``size`` rows by repeating its last row (keeps padded rows valid inputs)."""
+    if x.shape[0] == size:
+        return x
+    return np.concatenate([x, np.repeat(x[-1:], size - x.shape[0], axis=0)])
+
+
+def solve_targets(
+    u0: np.ndarray,
+    goal: Goal,
+    anchor: np.ndarray,
+    classes: np.ndarray,
+    scale: float,
+    config: SolverConfig = SolverConfig(),
+) -> Targets:
+    """Target embeddings for N pairs at once.
+
+    Args:
+      u0: ``[N, E]`` original unit embeddings (of the side being changed).
+      goal: the pairs' wanted outcomes (``[N]`` fields).
+      anchor: ``[N, E]`` each pair's fixed other-side embedding (for the similarity kinds; any unit
+        vector otherwise).
+      classes: ``[C, E]`` prompt-ensembled class embeddings shared by the batch (``[1, E]`` if unused).
+      scale: the model's temperature ``s``.
+      config: solver settings (static: one compilation per config and bucket).
+
+    Returns:
+      :class:`Targets` with ``N`` rows.
+    """
+    n = len(u0)
+    if n == 0:
+        raise ValueError("no pairs to solve")
+    b = bucket(n)
+    goal = Goal(*(pad_edge(np.asarray(g), b) for g in goal))
+    out = _solve(
+        jnp.asarray(pad_edge(np.asarray(u0, np.float32), b)),
+        goal,
+        jnp.asarray(pad_edge(np.asarray(anchor, np.float32), b)),
+        jnp.asarray(classes, jnp.float32),
+        jnp.float32(scale),
+        config,
+    )
+    return Targets(*(np.asarray(x)[:n] for x in out))

@@ -1,0 +1,178 @@
+"""Proof by the model: re-score candidate bank items exactly, keep the valid ones, rank by proximity.
+
+:func:`verify` checks the ``N × K`` candidates a retrieval returned; :func:`exhaustive` (the oracle)
+checks every item of the bank, in chunks, and so finds the valid item nearest to each original.
+Both rank valid items by ``‖x − u0‖`` (the counterfactual is the *smallest* change) and return the
+best ``top`` per pair; a pair with fewer valid items has its remaining slots marked invalid — never
+filled with an invalid item.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxplain.batching import bucket
+from jaxplain.counterfactual.solver import pad_edge
+from jaxplain.objectives import Goal, margin, reported_score, scores
+
+
+class Verified(NamedTuple):
+    """The best ``top`` valid candidates per pair, nearest first.
+
+    Attributes:
+      ids: ``[N, top]`` bank row indices (``-1`` where ``valid`` is False).
+      distance: ``[N, top]`` ``‖x − u0‖`` (``inf`` where invalid).
+      margin: ``[N, top]`` the wanted outcome's margin at each item (positive: reached).
+      score: ``[N, top]`` the item's score under the model (``u·v`` or ``p_c``).
+      predicted: ``[N, top]`` the item's zero-shot class (``argmax z``).
+      valid: ``[N, top]`` whether the slot holds a valid counterfactual.
+    """
+
+    ids: jax.Array
+    distance: jax.Array
+    margin: jax.Array
+    score: jax.Array
+    predicted: jax.Array
+    valid: jax.Array
+
+
+def _rank(ids, x_scores, u0_dist, goal, scale, exclude, top):
+    """Rank ``K`` candidates of one pair. ``x_scores`` = (sim [K], z [K, C])."""
+    sim, z = x_scores
+    m = margin(sim, z, goal, scale)
+    ok = (m > 0) & (ids >= 0) & (ids != exclude)
+    key = jnp.where(ok, u0_dist, jnp.inf)
+    neg, pos = jax.lax.top_k(-key, top)
+    valid = jnp.isfinite(neg)
+    pick = lambda a: jnp.take(a, pos, axis=0)  # noqa: E731
+    return Verified(
+        ids=jnp.where(valid, pick(ids), -1),
+        distance=-neg,
+        margin=pick(m),
+        score=pick(reported_score(sim, z, goal)),
+        predicted=pick(jnp.argmax(z, axis=-1)),
+        valid=valid,
+    )
+
+
+def _dedupe(ids):
+    """Mark repeated candidate ids of one pair as ``-1`` (the same item retrieved by several queries)."""
+    order = jnp.argsort(ids)
+    s = ids[order]
+    dup = jnp.concatenate([jnp.zeros((1,), bool), s[1:] == s[:-1]])
+    return jnp.zeros_like(ids).at[order].set(jnp.where(dup, -1, s))
+
+
+@functools.partial(jax.jit, static_argnames="top")
+def _verify(cand, bank, u0, goal, anchor, classes, scale, exclude, top):
+    cand = jax.vmap(_dedupe)(cand)
+    x = jnp.take(bank, jnp.maximum(cand, 0), axis=0)  # [N, K, E]
+    sim, z = scores(x, anchor[:, None, :], classes, scale)
+    dist = jnp.linalg.norm(x - u0[:, None, :], axis=-1)
+    return jax.vmap(_rank, in_axes=(0, 0, 0, 0, None, 0, None))(cand, (sim, z), dist, goal, scale, exclude, top)
+
+
+def _inputs(u0, goal, anchor, exclude, n):
+    b = bucket(n)
+    exclude = np.full(n, -1, np.int32) if exclude is None else np.asarray(exclude, np.int32)
+    return (
+        jnp.asarray(pad_edge(np.asarray(u0, np.float32), b)),
+        Goal(*(jnp.asarray(pad_edge(np.asarray(g), b)) for g in goal)),
+        jnp.asarray(pad_edge(np.asarray(anchor, np.float32), b)),
+        jnp.asarray(pad_edge(exclude, b)),
+    )
+
+
+def verify(
+    candidates: np.ndarray,
+    bank: np.ndarray | jax.Array,
+    u0: np.ndarray,
+    goal: Goal,
+    anchor: np.ndarray,
+    classes: np.ndarray,
+    scale: float,
+    top: int,
+    exclude: np.ndarray | None = None,
+) -> Verified:
+    """Re-score retrieved candidates exactly and keep the best valid ones.
+
+    Args:
+      candidates: ``[N, K]`` bank row indices (repeats and ``-1`` allowed).
+      bank: ``[M, E]`` unit embeddings of the bank.
+      u0: ``[N, E]`` original embeddings; goal, anchor, classes, scale: as for the solver.
+      top: how many counterfactuals to keep per pair (``top <= K``).
+      exclude: ``[N]`` a bank row per pair that may not be returned (the original item itself), or -1.
+    """
+    n = len(u0)
+    if top > candidates.shape[1]:
+        raise ValueError(f"top={top} exceeds the {candidates.shape[1]} candidates per pair")
+    u0_, goal_, anchor_, excl_ = _inputs(u0, goal, anchor, exclude, n)
+    cand = jnp.asarray(pad_edge(np.asarray(candidates, np.int32), len(u0_)))
+    out = _verify(cand, jnp.asarray(bank), u0_, goal_, anchor_, jnp.asarray(classes), jnp.float32(scale), excl_, top)
+    return Verified(*(np.asarray(x)[:n] for x in out))
+
+
+@functools.partial(jax.jit, static_argnames=("top", "chunk"))
+def _exhaustive(bank, u0, goal, anchor, classes, scale, exclude, top, chunk):
+    m_total = bank.shape[0]
+    n_chunks = -(-m_total // chunk)
+    padded = jnp.pad(bank, ((0, n_chunks * chunk - m_total), (0, 0)))
+    ids_all = jnp.arange(n_chunks * chunk, dtype=jnp.int32)
+    ids_all = jnp.where(ids_all < m_total, ids_all, -1)
+
+    def body(best, c):
+        x = jax.lax.dynamic_slice_in_dim(padded, c * chunk, chunk)
+        ids = jax.lax.dynamic_slice_in_dim(ids_all, c * chunk, chunk)
+        # The bank is scored once per chunk; each pair reads its margins off these scores.
+        sim = anchor @ x.T  # [N, chunk]
+        z = scale * x @ classes.T  # [chunk, C]
+        dist = jnp.sqrt(jnp.maximum(2.0 - 2.0 * (u0 @ x.T), 0.0))  # unit vectors: ‖x − u0‖
+        ranked = jax.vmap(_rank, in_axes=(None, (0, None), 0, 0, None, 0, None))(
+            ids, (sim, z), dist, goal, scale, exclude, top
+        )
+        merged = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), best, ranked)
+        _, pos = jax.lax.top_k(jnp.where(merged.valid, -merged.distance, -jnp.inf), top)
+        return jax.tree.map(lambda a: jnp.take_along_axis(a, pos, axis=1), merged), None
+
+    n = u0.shape[0]
+    empty = Verified(
+        ids=jnp.full((n, top), -1, jnp.int32),
+        distance=jnp.full((n, top), jnp.inf, u0.dtype),
+        margin=jnp.zeros((n, top), u0.dtype),
+        score=jnp.zeros((n, top), u0.dtype),
+        predicted=jnp.zeros((n, top), jnp.int32),
+        valid=jnp.zeros((n, top), bool),
+    )
+    best, _ = jax.lax.scan(body, empty, jnp.arange(n_chunks))
+    return best
+
+
+def exhaustive(
+    bank: np.ndarray | jax.Array,
+    u0: np.ndarray,
+    goal: Goal,
+    anchor: np.ndarray,
+    classes: np.ndarray,
+    scale: float,
+    top: int,
+    exclude: np.ndarray | None = None,
+    chunk: int = 16384,
+) -> Verified:
+    """The oracle: verify every bank item for every pair and keep the ``top`` valid ones nearest ``u0``.
+
+    Memory is bounded by ``chunk``: the bank is scored ``chunk`` items at a time with a running
+    merge. Arguments as for :func:`verify`. Distances use ``‖x − u0‖ = sqrt(2 − 2 x·u0)`` (unit
+    vectors), so they may differ from :func:`verify`'s direct norm in the last float32 digits.
+    """
+    n = len(u0)
+    u0_, goal_, anchor_, excl_ = _inputs(u0, goal, anchor, exclude, n)
+    chunk = min(chunk, 1 << (int(np.shape(bank)[0]) - 1).bit_length())
+    out = _exhaustive(
+        jnp.asarray(bank), u0_, goal_, anchor_, jnp.asarray(classes), jnp.float32(scale), excl_, top, chunk
+    )
+    return Verified(*(np.asarray(x)[:n] for x in out))

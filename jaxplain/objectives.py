@@ -1,0 +1,224 @@
+"""The uses of a CLIP model as pure functions of embeddings, and the outcomes a counterfactual may want.
+
+Every wanted outcome is expressed as a *margin*: a number that is positive exactly when the outcome
+is reached. Margins are in cosine units so that one solver setting suits every kind of outcome:
+
+===============  ===========================================  ================================
+kind             outcome                                      margin
+===============  ===========================================  ================================
+``SIM_ABOVE``    ``u·v > level``                              ``u·v − level``
+``SIM_BELOW``    ``u·v < level``                              ``level − u·v``
+``CLASS_WINS``   class ``c`` has the highest probability      ``(z_c − max_{j≠c} z_j) / s``
+``CLASS_LOSES``  some class other than ``c`` wins             ``(max_{j≠c} z_j − z_c) / s``
+``PROB_ABOVE``   ``p_c > τ``  (``level = log τ``)              ``(log p_c − log τ) / s``
+``PROB_BELOW``   ``p_c < τ``  (``level = log τ``)              ``(log τ − log p_c) / s``
+===============  ===========================================  ================================
+
+with ``z = s · V u`` the zero-shot logits against prompt-ensembled class embeddings ``V`` ``[C, E]``
+and ``s`` the model's temperature. Filtering is a threshold on ``u·v`` or ``p_c`` (one of the kinds
+above, in either direction); retrieval ("enter/leave the top-k for a query among a bank") is a
+similarity threshold set by the bank's k-th score (see :func:`retrieval_level`).
+
+Margins take precomputed scores ``(sim, z)`` rather than embeddings, so a bank can be scored once
+against all pairs (:func:`scores`) and the margins of many pairs read off cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxplain.errors import InputError
+
+SIM_ABOVE, SIM_BELOW, CLASS_WINS, CLASS_LOSES, PROB_ABOVE, PROB_BELOW = range(6)
+KIND_NAMES = ("similarity-above", "similarity-below", "class-wins", "class-loses", "prob-above", "prob-below")
+CLASS_KINDS = (CLASS_WINS, CLASS_LOSES, PROB_ABOVE, PROB_BELOW)
+
+
+class Goal(NamedTuple):
+    """Per-pair wanted outcomes as arrays (a pytree, so it ``vmap``s over pairs).
+
+    Attributes:
+      kind: ``[N]`` int32, one of the kinds above.
+      cls: ``[N]`` int32 class index for the class kinds (ignored otherwise).
+      level: ``[N]`` float32 similarity level, or ``log τ`` for the probability kinds.
+    """
+
+    kind: jax.Array
+    cls: jax.Array
+    level: jax.Array
+
+    @staticmethod
+    def stack(goals: list[tuple[int, int, float]]) -> Goal:
+        """Build from ``(kind, cls, level)`` triples, one per pair."""
+        k, c, lv = zip(*goals) if goals else ((), (), ())
+        return Goal(np.asarray(k, np.int32), np.asarray(c, np.int32), np.asarray(lv, np.float32))
+
+
+def scores(
+    e: jax.Array, anchor: jax.Array, classes: jax.Array, scale: jax.Array | float
+) -> tuple[jax.Array, jax.Array]:
+    """The model's scores of unit embeddings ``e`` ``[..., E]``.
+
+    Returns ``sim = e · anchor`` ``[...]`` (``anchor`` ``[..., E]`` broadcasts against ``e``) and the
+    zero-shot logits ``z = scale · e Vᵀ`` ``[..., C]`` against class embeddings ``classes`` ``[C, E]``.
+    """
+    return jnp.sum(e * anchor, axis=-1), scale * e @ classes.T
+
+
+def margin(sim: jax.Array, z: jax.Array, goal: Goal, scale: jax.Array | float, smooth: bool = False) -> jax.Array:
+    """The margin of one pair's wanted outcome (positive iff reached), from its scores.
+
+    Args:
+      sim: ``[...]`` similarities to the pair's anchor.
+      z: ``[..., C]`` zero-shot logits.
+      goal: one pair's :class:`Goal` (scalar fields).
+      scale: the model's temperature.
+      smooth: replace ``max_{j≠c} z_j`` by smooth bounds for gradient-based search — ``logsumexp``
+        (an upper bound) for ``CLASS_WINS`` and ``logsumexp − log(C − 1)`` (a lower bound) for
+        ``CLASS_LOSES`` — so the smooth margin never exceeds the exact one. The exact margin has
+        kinks where two other classes tie, on which gradient steps stall.
+    """
+    zc = jnp.take(z, goal.cls, axis=-1)
+    is_c = jnp.arange(z.shape[-1]) == goal.cls
+    masked = jnp.where(is_c, -jnp.inf, z)
+    if z.shape[-1] == 1:  # a single class: there is no other class
+        hi = lo = jnp.full_like(zc, -jnp.inf)
+    elif smooth:
+        hi = jax.nn.logsumexp(masked, axis=-1)
+        lo = hi - jnp.log(z.shape[-1] - 1.0)
+    else:
+        hi = lo = masked.max(-1)
+    logp = zc - jax.nn.logsumexp(z, axis=-1)
+    candidates = jnp.stack(
+        [
+            sim - goal.level,
+            goal.level - sim,
+            (zc - hi) / scale,
+            (lo - zc) / scale,
+            (logp - goal.level) / scale,
+            (goal.level - logp) / scale,
+        ]
+    )
+    return jnp.take(candidates, goal.kind, axis=0)
+
+
+def reported_score(sim: jax.Array, z: jax.Array, goal: Goal) -> jax.Array:
+    """The score a result reports for a pair: ``u·v`` for the similarity kinds, ``p_c`` for the class kinds."""
+    p = jnp.take(jax.nn.softmax(z, axis=-1), goal.cls, axis=-1)
+    return jnp.where(goal.kind <= SIM_BELOW, sim, p)
+
+
+def retrieval_level(query: np.ndarray, bank: np.ndarray, k: int, enter: bool, exclude: int | None = None) -> float:
+    """The similarity level that puts an image in (or out of) the top-``k`` for ``query`` among ``bank``.
+
+    A candidate ``x`` from the bank ranks within the top ``k`` of the bank (less the original item
+    ``exclude``) iff ``x·q > o_{k+1}`` and outside it iff ``x·q < o_k``, where ``o_i`` is the i-th
+    highest score of that bank; so *enter* is ``SIM_ABOVE`` at ``o_{k+1}`` and *leave* is
+    ``SIM_BELOW`` at ``o_k``.
+    """
+    s = np.asarray(bank, np.float32) @ np.asarray(query, np.float32)
+    if exclude is not None:
+        s = np.delete(s, exclude)
+    if k < 1 or k > len(s) - (1 if enter else 0):
+        raise InputError(f"top-{k}: the bank has only {len(s)} other items")
+    s = -np.sort(-s)
+    return float(s[k] if enter else s[k - 1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Want:
+    """A wanted outcome as a user states it; :meth:`parse` reads the text form.
+
+    =============================  ==========================================================
+    text                           meaning
+    =============================  ==========================================================
+    ``class:NAME``                 class NAME wins
+    ``other-class``                any class other than the predicted one wins
+    ``runner-up``                  the class now second wins
+    ``prob:NAME>=0.9``             p(NAME) rises above 0.9 (``<=`` for below)
+    ``similarity>=0.3``            the image–text cosine rises above 0.3 (``<=`` for below)
+    ``top:5`` / ``not-top:5``       the image enters / leaves the top 5 for the text among the bank
+    =============================  ==========================================================
+    """
+
+    kind: str  # "class", "other-class", "runner-up", "prob", "similarity", "top", "not-top"
+    name: str | None = None
+    op: str | None = None  # ">=" or "<="
+    value: float | None = None
+
+    _PATTERNS = (
+        (re.compile(r"^class:(?P<name>.+)$"), "class"),
+        (re.compile(r"^other-class$"), "other-class"),
+        (re.compile(r"^runner-up$"), "runner-up"),
+        (re.compile(r"^prob:(?P<name>.+?)\s*(?P<op>>=|<=)\s*(?P<value>[-+.\deE]+)$"), "prob"),
+        (re.compile(r"^similarity\s*(?P<op>>=|<=)\s*(?P<value>[-+.\deE]+)$"), "similarity"),
+        (re.compile(r"^top:(?P<value>\d+)$"), "top"),
+        (re.compile(r"^not-top:(?P<value>\d+)$"), "not-top"),
+    )
+
+    @classmethod
+    def parse(cls, text: str) -> Want:
+        """Read the text form (see the class docstring); a bad form is an :class:`InputError`."""
+        if not isinstance(text, str):
+            raise InputError(f"wanted outcome {text!r}: expected a string such as 'class:Sneaker'")
+        t = text.strip()
+        for pattern, kind in cls._PATTERNS:
+            m = pattern.match(t)
+            if m:
+                g = m.groupdict()
+                want = cls(kind, g.get("name"), g.get("op"), float(g["value"]) if g.get("value") else None)
+                want._check(text)
+                return want
+        raise InputError(
+            f"wanted outcome {text!r} not understood; use class:NAME, other-class, runner-up, prob:NAME>=P, "
+            "similarity>=S (or <=), top:K or not-top:K"
+        )
+
+    def _check(self, text: str) -> None:
+        if self.kind == "prob" and not 0.0 < self.value < 1.0:
+            raise InputError(f"wanted outcome {text!r}: a probability must lie strictly between 0 and 1")
+        if self.kind == "similarity" and not -1.0 <= self.value <= 1.0:
+            raise InputError(f"wanted outcome {text!r}: a cosine similarity lies in [-1, 1]")
+        if self.kind in ("top", "not-top") and self.value < 1:
+            raise InputError(f"wanted outcome {text!r}: k must be at least 1")
+
+    @property
+    def needs_classes(self) -> bool:
+        return self.kind in ("class", "other-class", "runner-up", "prob")
+
+    def goal(self, class_names: list[str] | None = None, predicted: int | None = None, runner_up: int | None = None):
+        """The ``(kind, cls, level)`` triple, resolving class names and the model's current ranking."""
+        if self.kind == "similarity":
+            return (SIM_ABOVE if self.op == ">=" else SIM_BELOW), 0, self.value
+        if self.kind in ("top", "not-top"):
+            raise InputError("retrieval outcomes need the bank's level: use retrieval_level")
+        if class_names is None:
+            raise InputError(f"wanted outcome {self.kind}: the pair has no class names")
+        if self.kind == "other-class":
+            return CLASS_LOSES, predicted, 0.0
+        if self.kind == "runner-up":
+            return CLASS_WINS, runner_up, 0.0
+        if self.name not in class_names:
+            raise InputError(f"unknown class {self.name!r}; the classes are {', '.join(class_names)}")
+        c = class_names.index(self.name)
+        if self.kind == "class":
+            return CLASS_WINS, c, 0.0
+        return (PROB_ABOVE if self.op == ">=" else PROB_BELOW), c, math.log(self.value)
+
+    def __str__(self) -> str:
+        if self.kind == "class":
+            return f"class:{self.name}"
+        if self.kind == "prob":
+            return f"prob:{self.name}{self.op}{self.value:g}"
+        if self.kind == "similarity":
+            return f"similarity{self.op}{self.value:g}"
+        if self.kind in ("top", "not-top"):
+            return f"{self.kind}:{int(self.value)}"
+        return self.kind
