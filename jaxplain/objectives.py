@@ -115,21 +115,21 @@ def reported_score(sim: jax.Array, z: jax.Array, goal: Goal) -> jax.Array:
     return jnp.where(goal.kind <= SIM_BELOW, sim, p)
 
 
-def retrieval_level(query: np.ndarray, bank: np.ndarray, k: int, enter: bool, exclude: int | None = None) -> float:
-    """The similarity level that puts an image in (or out of) the top-``k`` for ``query`` among ``bank``.
+def retrieval_level(query: np.ndarray, bank: np.ndarray, k: int, exclude: int | None = None) -> float:
+    """The similarity level that separates the top-``k`` for ``query`` among ``bank`` from the rest.
 
-    A candidate ``x`` from the bank ranks within the top ``k`` of the bank (less the original item
-    ``exclude``) iff ``x·q > o_{k+1}`` and outside it iff ``x·q < o_k``, where ``o_i`` is the i-th
-    highest score of that bank; so *enter* is ``SIM_ABOVE`` at ``o_{k+1}`` and *leave* is
-    ``SIM_BELOW`` at ``o_k``.
+    With ``o_i`` the i-th highest score of the bank (less the original item ``exclude``), a candidate
+    from the bank ranks within the top ``k`` iff its score is at least ``o_k`` and outside iff at most
+    ``o_{k+1}``. The level is their midpoint, so *enter* is ``SIM_ABOVE`` and *leave* ``SIM_BELOW`` at
+    it, and the float32 noise of recomputing a score cannot move an item across.
     """
     s = np.asarray(bank, np.float32) @ np.asarray(query, np.float32)
     if exclude is not None:
         s = np.delete(s, exclude)
-    if k < 1 or k > len(s) - (1 if enter else 0):
-        raise InputError(f"top-{k}: the bank has only {len(s)} other items")
+    if k < 1 or k >= len(s):
+        raise InputError(f"top-{k}: the bank has only {len(s)} items to rank")
     s = -np.sort(-s)
-    return float(s[k] if enter else s[k - 1])
+    return float((s[k - 1] + s[k]) / 2)
 
 
 @dataclasses.dataclass(frozen=True)

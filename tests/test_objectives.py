@@ -60,11 +60,11 @@ def test_scores():
 def test_retrieval_level():
     bank = np.array([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]])
     q = np.array([1.0, 0.0])  # scores 1.0, 0.8, 0.6, 0.0
-    assert retrieval_level(q, bank, 2, enter=True) == pytest.approx(0.6)  # beat the 3rd to be in the top 2
-    assert retrieval_level(q, bank, 2, enter=False) == pytest.approx(0.8)  # fall below the 2nd to leave
-    assert retrieval_level(q, bank, 1, enter=True, exclude=0) == pytest.approx(0.6)
-    with pytest.raises(InputError, match="only 3 other items"):
-        retrieval_level(q, bank, 3, enter=True, exclude=0)
+    assert retrieval_level(q, bank, 2) == pytest.approx(0.7)  # between the 2nd (0.8) and the 3rd (0.6)
+    assert retrieval_level(q, bank, 1, exclude=0) == pytest.approx(0.7)  # the original (1.0) is not ranked
+    assert retrieval_level(q, bank, 3) == pytest.approx(0.3)
+    with pytest.raises(InputError, match="only 3 items to rank"):
+        retrieval_level(q, bank, 3, exclude=0)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@
 checks every item of the bank, in chunks, and so finds the valid item nearest to each original.
 Both rank valid items by ``‖x − u0‖`` (the counterfactual is the *smallest* change) and return the
 best ``top`` per pair; a pair with fewer valid items has its remaining slots marked invalid — never
-filled with an invalid item.
+filled with an invalid item. An item within ``SAME_ITEM`` of the original embedding is the original
+itself (a query image that is also in the bank) and is never returned.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import numpy as np
 from jaxplain.batching import bucket
 from jaxplain.counterfactual.solver import pad_edge
 from jaxplain.objectives import Goal, margin, reported_score, scores
+
+SAME_ITEM = 1e-3  # ‖x − u0‖ below this: the same item (float32 noise of re-encoding stays far below)
 
 
 class Verified(NamedTuple):
@@ -45,7 +48,7 @@ def _rank(ids, x_scores, u0_dist, goal, scale, exclude, top):
     """Rank ``K`` candidates of one pair. ``x_scores`` = (sim [K], z [K, C])."""
     sim, z = x_scores
     m = margin(sim, z, goal, scale)
-    ok = (m > 0) & (ids >= 0) & (ids != exclude)
+    ok = (m > 0) & (ids >= 0) & (ids != exclude) & (u0_dist > SAME_ITEM)
     key = jnp.where(ok, u0_dist, jnp.inf)
     neg, pos = jax.lax.top_k(-key, top)
     valid = jnp.isfinite(neg)

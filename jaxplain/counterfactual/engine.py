@@ -1,0 +1,323 @@
+"""The batched counterfactual pipeline: encode → target embeddings → retrieve → verify.
+
+:func:`counterfactuals` explains many pairs at once. For the image side, each pair's image is
+changed: the solver finds target embeddings near the image's that reach the wanted outcome, the
+bank's index retrieves real images near the original and near each target, and the verifier
+re-scores every candidate with the model and keeps the valid ones nearest the original. The text
+side is symmetric (a text bank, the image fixed). ``search="exhaustive"`` is the oracle: it verifies
+every bank item.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxplain.counterfactual.solver import SolverConfig, solve_targets
+from jaxplain.counterfactual.verify import Verified, exhaustive, verify
+from jaxplain.errors import InputError
+from jaxplain.models.bundle import Model
+from jaxplain.objectives import SIM_ABOVE, SIM_BELOW, Goal, Want, margin, reported_score, retrieval_level, scores
+from jaxplain.zeroshot import DEFAULT_TEMPLATES, class_embeddings
+
+PAIR_CHUNK = 1024  # pairs verified at once: bounds the [pairs, candidates, E] gather
+
+
+@dataclasses.dataclass(frozen=True)
+class Counterfactual:
+    """One real bank item that changes the decision, with the scores that prove it."""
+
+    rank: int
+    bank_row: int
+    bank_id: str
+    item: str
+    distance: float  # ‖x − u0‖ between unit embeddings
+    score: float  # u·v (similarity outcomes) or p_c (class outcomes) under the model
+    predicted: str | None  # the item's zero-shot class, where classes are given
+    margin: float  # the wanted outcome's margin at the item (positive: reached)
+    label: int | None = None  # the bank's own label for the item, if it has labels
+
+
+@dataclasses.dataclass(frozen=True)
+class PairResult:
+    """The answer for one pair.
+
+    ``status`` is ``"found"``, ``"not_found"`` (no bank item that the search saw reaches the outcome),
+    or ``"already"`` (the original already reaches it: there is nothing to change).
+    """
+
+    pair: int
+    side: str
+    want: str
+    status: str
+    original_score: float
+    original_predicted: str | None
+    counterfactuals: tuple[Counterfactual, ...]
+
+    @property
+    def found(self) -> bool:
+        return self.status == "found"
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        d = dataclasses.asdict(self)
+        d["counterfactuals"] = [dataclasses.asdict(c) for c in self.counterfactuals]
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class CounterfactualResult:
+    """Results for a batch of pairs, in input order, with timings of each stage (seconds)."""
+
+    pairs: tuple[PairResult, ...]
+    timings: dict[str, float]
+    search: str
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> PairResult:
+        return self.pairs[i]
+
+    @property
+    def found_rate(self) -> float:
+        """Fraction of pairs (excluding those whose outcome already held) with a counterfactual."""
+        asked = [p for p in self.pairs if p.status != "already"]
+        return float(np.mean([p.found for p in asked])) if asked else float("nan")
+
+
+def _as_list(x, n: int, what: str) -> list:
+    if isinstance(x, (str, Want)) or x is None:
+        return [x] * n
+    x = list(x)
+    if len(x) != n:
+        raise InputError(f"{what}: {len(x)} given for {n} pairs")
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """The arrays the solver and verifier need for N pairs of one side."""
+
+    u0: np.ndarray  # [N, E] the side being changed
+    anchor: np.ndarray  # [N, E] the fixed other side (or u0 when unused)
+    classes: np.ndarray  # [C, E] (or [1, E] when unused)
+    class_names: list[str] | None
+    scale: float
+    goal: Goal
+    wants: list[Want]
+
+
+def build_problem(
+    model: Model,
+    side: str,
+    images,
+    texts,
+    wants: list[Want],
+    bank,
+    classes: Sequence[str] | None,
+    templates: Sequence[str],
+) -> Problem:
+    """Encode the pairs and resolve every wanted outcome into a :class:`Goal`."""
+    n = len(wants)
+    needs_classes = any(w.needs_classes for w in wants)
+    if side == "text" and needs_classes:
+        raise InputError("the text side explains similarity outcomes (similarity>=S, similarity<=S, top:K)")
+    if needs_classes and not classes:
+        raise InputError("class outcomes (class:NAME, other-class, runner-up, prob:...) need class names")
+    img = model.encode_images(images) if images is not None else None
+    txt = model.encode_texts(texts) if texts is not None and not needs_classes else None
+    if side == "image":
+        u0, anchor = img, (txt if txt is not None else img)
+    else:
+        if img is None:
+            raise InputError("the text side needs the images each text is scored against")
+        u0, anchor = txt, img
+    if u0 is None or len(u0) != n:
+        raise InputError(f"side={side!r} needs {n} {'images' if side == 'image' else 'texts'}")
+    class_names = list(classes) if needs_classes else None
+    cls_emb = class_embeddings(model, class_names, templates) if needs_classes else u0[:1]
+    scale = model.logit_scale
+    order = np.argsort(-(u0 @ cls_emb.T), axis=1)
+    rows = []
+    for i, w in enumerate(wants):
+        if w.kind in ("top", "not-top"):
+            if txt is None:
+                raise InputError(f"pair {i}: {w} ranks the image for the pair's text; give texts")
+            level = retrieval_level(anchor[i], bank.embeddings, int(w.value))
+            rows.append((SIM_ABOVE if w.kind == "top" else SIM_BELOW, 0, level))
+        else:
+            runner = int(order[i, 1]) if order.shape[1] > 1 else None
+            if w.kind == "runner-up" and runner is None:
+                raise InputError("runner-up needs at least two classes")
+            rows.append(w.goal(class_names, predicted=int(order[i, 0]), runner_up=runner))
+    return Problem(u0, anchor, cls_emb, class_names, scale, Goal.stack(rows), wants)
+
+
+def _original(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    sim, z = scores(problem.u0, problem.anchor, problem.classes, problem.scale)
+    per_pair = jax.vmap(margin, in_axes=(0, 0, 0, None))
+    m = np.asarray(per_pair(sim, z, problem.goal, problem.scale))
+    s = np.asarray(jax.vmap(reported_score)(sim, z, problem.goal))
+    return m, s, np.asarray(z).argmax(1)
+
+
+def _verify_chunked(cand: np.ndarray, bank, problem: Problem, rows: np.ndarray, top: int) -> Verified:
+    parts = [
+        verify(
+            cand[s],
+            bank.embeddings,
+            problem.u0[rows[s]],
+            Goal(*(g[rows[s]] for g in problem.goal)),
+            problem.anchor[rows[s]],
+            problem.classes,
+            problem.scale,
+            top,
+        )
+        for s in (slice(i, i + PAIR_CHUNK) for i in range(0, len(rows), PAIR_CHUNK))
+    ]
+    return Verified(*(np.concatenate(x) for x in zip(*parts)))
+
+
+def _retrieve_and_verify(
+    problem: Problem, bank, k: int, top: int, solver: SolverConfig, escalate: int, timings
+) -> Verified:
+    t = time.perf_counter()
+    targets = solve_targets(problem.u0, problem.goal, problem.anchor, problem.classes, problem.scale, solver)
+    timings["targets"] = time.perf_counter() - t
+    n, d = targets.embedding.shape[:2]
+    queries = np.concatenate([problem.u0[:, None], targets.embedding], axis=1).astype(np.float32)
+    timings["retrieve"] = timings["verify"] = 0.0
+    rows = np.arange(n)
+    ver = None
+    for round_k in [k] + [min(len(bank.embeddings), k * 8**r) for r in range(1, escalate + 1)]:
+        t = time.perf_counter()
+        ids, _ = bank.search(queries[rows].reshape(len(rows) * (d + 1), -1), round_k)
+        cand = np.asarray(ids, np.int32).reshape(len(rows), (d + 1) * ids.shape[1])
+        timings["retrieve"] += time.perf_counter() - t
+        t = time.perf_counter()
+        got = _verify_chunked(cand, bank, problem, rows, top)
+        timings["verify"] += time.perf_counter() - t
+        if ver is None:
+            ver = got
+        else:  # the retried pairs had nothing valid: take the new answer whole
+            for field, new in zip(ver, got):
+                field[rows] = new
+        # Pairs with no valid candidate are retried with more neighbours.
+        rows = rows[~got.valid[:, 0]]
+        if not len(rows) or round_k >= len(bank.embeddings):
+            break
+    return ver
+
+
+def counterfactuals(
+    model: Model,
+    images=None,
+    texts: Sequence[str] | None = None,
+    *,
+    want: str | Want | Sequence[str | Want],
+    bank,
+    side: str = "image",
+    classes: Sequence[str] | None = None,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    k: int = 64,
+    top: int = 3,
+    search: str = "index",
+    solver: SolverConfig = SolverConfig(),
+    escalate: int = 1,
+) -> CounterfactualResult:
+    """Find, for every pair, the nearest real bank items for which the model's decision changes.
+
+    Args:
+      model: the model whose decisions are explained; ``bank`` must have been made by it.
+      images: the pairs' images (paths, arrays, PIL images...), one per pair.
+      texts: the pairs' texts, one per pair (similarity and retrieval outcomes; on the text side,
+        the texts that are changed).
+      want: the wanted outcome, one for all pairs or one per pair (see
+        :class:`~jaxplain.objectives.Want` for the forms: ``"class:Sneaker"``, ``"other-class"``,
+        ``"runner-up"``, ``"prob:Bag>=0.9"``, ``"similarity<=0.1"``, ``"top:5"``, ...).
+      bank: a :class:`~jaxplain.counterfactual.bank.Bank` of real images (image side) or texts (text side).
+      side: ``"image"`` (change the image) or ``"text"`` (change the text).
+      classes: class names for class outcomes; ``templates`` make their prompt-ensembled embeddings.
+      k: neighbours retrieved per query (each pair queries its original and one target per solver depth).
+      escalate: rounds of retrying the pairs with no valid candidate, each with 8× more neighbours.
+      top: counterfactuals returned per pair, nearest first.
+      search: ``"index"`` (targets + retrieval) or ``"exhaustive"`` (the oracle: verify every item).
+      solver: target solver settings.
+
+    Returns:
+      a :class:`CounterfactualResult`, one :class:`PairResult` per pair in input order.
+    """
+    start = time.perf_counter()
+    if side not in ("image", "text"):
+        raise InputError(f"side must be 'image' or 'text', got {side!r}")
+    if search not in ("index", "exhaustive"):
+        raise InputError(f"search must be 'index' or 'exhaustive', got {search!r}")
+    if bank.kind != side:
+        raise InputError(
+            f"{'an' if bank.kind == 'image' else 'a'} {bank.kind} bank cannot answer side={side!r}: "
+            f"it holds {bank.kind}s"
+        )
+    if bank.fingerprint != model.fingerprint:
+        raise InputError(
+            f"the bank was made by another model (bank fingerprint {bank.fingerprint}, model {model.fingerprint}); "
+            "rebuild it with this model"
+        )
+    n = len(images) if images is not None else len(texts or [])
+    if n == 0:
+        raise InputError("no pairs given")
+    wants = [w if isinstance(w, Want) else Want.parse(w) for w in _as_list(want, n, "want")]
+    top = min(top, len(bank.embeddings) - 1)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    problem = build_problem(model, side, images, texts, wants, bank, classes, templates)
+    timings["encode"] = time.perf_counter() - t
+    m0, s0, pred0 = _original(problem)
+    if search == "exhaustive":
+        t = time.perf_counter()
+        ver = exhaustive(bank.embeddings, problem.u0, problem.goal, problem.anchor, problem.classes, problem.scale, top)
+        timings["verify"] = time.perf_counter() - t
+    else:
+        ver = _retrieve_and_verify(problem, bank, min(k, len(bank.embeddings)), top, solver, escalate, timings)
+    pairs = tuple(_pair_result(i, side, problem, bank, ver, m0, s0, pred0) for i in range(n))
+    timings["total"] = time.perf_counter() - start
+    return CounterfactualResult(pairs, timings, search)
+
+
+def _pair_result(i, side, problem: Problem, bank, ver: Verified, m0, s0, pred0) -> PairResult:
+    names = problem.class_names
+    labels = getattr(bank, "labels", None)
+    cfs = []
+    if m0[i] <= 0:
+        for r in range(ver.ids.shape[1]):
+            if not ver.valid[i, r]:
+                break
+            row = int(ver.ids[i, r])
+            cfs.append(
+                Counterfactual(
+                    rank=r + 1,
+                    bank_row=row,
+                    bank_id=str(bank.ids[row]),
+                    item=str(bank.items[row]),
+                    distance=float(ver.distance[i, r]),
+                    score=float(ver.score[i, r]),
+                    predicted=names[int(ver.predicted[i, r])] if names else None,
+                    margin=float(ver.margin[i, r]),
+                    label=None if labels is None else int(labels[row]),
+                )
+            )
+    status = "already" if m0[i] > 0 else ("found" if cfs else "not_found")
+    return PairResult(
+        pair=i,
+        side=side,
+        want=str(problem.wants[i]),
+        status=status,
+        original_score=float(s0[i]),
+        original_predicted=names[int(pred0[i])] if names else None,
+        counterfactuals=tuple(cfs),
+    )

@@ -1,0 +1,152 @@
+"""The batched pipeline end to end on real images: every counterfactual re-checked independently.
+
+The tiny random-weight model of the fixtures scores 400 real Fashion-MNIST test images; its
+decisions are arbitrary but deterministic, which is all a check of the mechanics needs. The shipped
+model's quality is measured in benchmarks/ and tests/test_engine_shipped.py.
+"""
+
+import numpy as np
+import pytest
+
+import jaxplain
+from jaxplain.counterfactual.bank import build_bank
+from jaxplain.counterfactual.engine import counterfactuals
+from jaxplain.data import fashion_mnist
+from jaxplain.errors import InputError
+
+CLASSES = ["shirt", "trousers", "bag", "sandal"]
+TEMPLATES = ["a photo of a {}.", "a {}."]
+
+
+@pytest.fixture(scope="module")
+def images():
+    x, _ = fashion_mnist.load_shipped_test()
+    return list(x[:400])
+
+
+@pytest.fixture(scope="module")
+def image_bank(tiny_model, images):
+    bank, errors = build_bank(tiny_model, images=images[40:], backend="exact", progress=False)
+    assert errors == []
+    return bank
+
+
+def probs_of(model, items):
+    return jaxplain.classify(model, items, CLASSES, TEMPLATES)
+
+
+@pytest.mark.parametrize("want", ["other-class", "runner-up", "class:", "prob:"])
+def test_class_outcomes_are_real_and_valid(tiny_model, images, image_bank, want):
+    queries = images[:40]
+    # targets this random model can reach: its second most common class in the bank, and a
+    # probability of it that a fifth of the bank exceeds
+    bank_p = probs_of(tiny_model, images[40:])
+    second = CLASSES[np.argsort(-np.bincount(bank_p.argmax(1), minlength=4))[1]]
+    tau = round(float(np.quantile(bank_p[:, CLASSES.index(second)], 0.8)), 4)
+    want = {"class:": f"class:{second}", "prob:": f"prob:{second}>={tau:.4f}"}.get(want, want)
+    # This random model's valid items lie far from every target (its embeddings are all alike), so
+    # the second escalation round (32 · 8² neighbours) takes in the whole bank: found = the oracle's.
+    res = counterfactuals(
+        tiny_model, queries, want=want, bank=image_bank, classes=CLASSES, templates=TEMPLATES, k=32, top=3, escalate=2
+    )
+    oracle = counterfactuals(
+        tiny_model,
+        queries,
+        want=want,
+        bank=image_bank,
+        classes=CLASSES,
+        templates=TEMPLATES,
+        top=3,
+        search="exhaustive",
+    )
+    p0 = probs_of(tiny_model, queries)
+    checked = 0
+    for i, r in enumerate(res.pairs):
+        assert r.original_predicted == CLASSES[p0[i].argmax()]
+        for cf in r.counterfactuals:
+            # independent re-check: re-encode the bank item from its image and score it
+            p = probs_of(tiny_model, [image_bank_image(images, cf.bank_row)])[0]
+            if want == "other-class":
+                assert p.argmax() != p0[i].argmax()
+            elif want == "runner-up":
+                assert p.argmax() == np.argsort(-p0[i])[1]
+            elif want.startswith("class:"):
+                assert CLASSES[p.argmax()] == second
+            else:
+                assert p[CLASSES.index(second)] > tau
+            assert cf.predicted == CLASSES[p.argmax()]
+            checked += 1
+        # the pipeline never beats the oracle, which sees every item
+        o = oracle.pairs[i]
+        if r.found:
+            assert o.found and o.counterfactuals[0].distance <= r.counterfactuals[0].distance + 1e-5
+    assert checked > 0
+    assert [r.status for r in res.pairs] == [o.status for o in oracle.pairs]
+
+
+def image_bank_image(images, row):
+    return images[40 + row]
+
+
+def test_similarity_outcomes_and_nothing_padded(tiny_model, images, image_bank):
+    texts = ["a photo of a bag"] * 10
+    u = tiny_model.encode_images(images[:10])
+    v = tiny_model.encode_texts(texts[:1])[0]
+    sims = image_bank.embeddings @ v
+    level = float(np.quantile(sims, 0.9))  # 10% of the bank passes
+    res = counterfactuals(tiny_model, images[:10], texts, want=f"similarity>={level}", bank=image_bank, top=5)
+    for i, r in enumerate(res.pairs):
+        assert r.original_score == pytest.approx(float(u[i] @ v), abs=1e-5)
+        if r.status == "already":
+            assert u[i] @ v > level and r.counterfactuals == ()
+        for cf in r.counterfactuals:
+            e = tiny_model.encode_images([image_bank_image(images, cf.bank_row)])[0]
+            assert e @ v > level and cf.score == pytest.approx(float(e @ v), abs=1e-5)
+            assert cf.distance == pytest.approx(float(np.linalg.norm(e - u[i])), abs=1e-4)
+    # unreachable: no bank item is that similar — reported as not found, never padded
+    res = counterfactuals(tiny_model, images[:3], texts[:3], want="similarity>=0.9999", bank=image_bank)
+    assert [r.status for r in res.pairs] == ["not_found"] * 3
+    assert all(r.counterfactuals == () for r in res.pairs)
+
+
+def test_retrieval_enter_top_k(tiny_model, images, image_bank):
+    texts = ["a photo of a sandal"] * 8
+    res = counterfactuals(tiny_model, images[:8], texts, want="top:5", bank=image_bank, top=3)
+    v = tiny_model.encode_texts(texts[:1])[0]
+    bank_scores = image_bank.embeddings @ v
+    for r in res.pairs:
+        for cf in r.counterfactuals:
+            rank = 1 + int(np.sum(bank_scores > bank_scores[cf.bank_row]))
+            assert rank <= 5
+
+
+def test_text_side(tiny_model, images):
+    captions = [f"a {adj} {c}" for adj in ("dark", "light", "striped", "plain", "new") for c in CLASSES] * 2
+    captions = list(dict.fromkeys(captions))
+    bank, _ = build_bank(tiny_model, texts=captions, backend="exact", progress=False)
+    u = tiny_model.encode_images(images[:6])
+    t = ["a photo of a shirt"] * 6
+    v0 = tiny_model.encode_texts(t[:1])[0]
+    level = float(np.median(tiny_model.encode_texts(captions) @ u[0]))
+    res = counterfactuals(tiny_model, images[:6], t, want=f"similarity<={level}", bank=bank, side="text", top=3)
+    for i, r in enumerate(res.pairs):
+        for cf in r.counterfactuals:
+            e = tiny_model.encode_texts([cf.item])[0]
+            assert e @ u[i] < level and cf.item in captions
+            assert cf.distance == pytest.approx(float(np.linalg.norm(e - v0)), abs=1e-4)
+    assert res.found_rate > 0
+
+
+def test_bad_calls(tiny_model, images, image_bank, tmp_path):
+    with pytest.raises(InputError, match=r"an image bank cannot answer side=.text."):
+        counterfactuals(tiny_model, images[:2], ["a", "b"], want="similarity>=0.1", bank=image_bank, side="text")
+    with pytest.raises(InputError, match="need class names"):
+        counterfactuals(tiny_model, images[:2], want="other-class", bank=image_bank)
+    with pytest.raises(InputError, match="not understood"):
+        counterfactuals(tiny_model, images[:2], want="be different", bank=image_bank, classes=CLASSES)
+    with pytest.raises(InputError, match="3 given for 2 pairs"):
+        counterfactuals(tiny_model, images[:2], want=["other-class"] * 3, bank=image_bank, classes=CLASSES)
+    other = tiny_model.with_params(tiny_model.params)
+    object.__setattr__(other, "fingerprint", "0" * 24)
+    with pytest.raises(InputError, match="made by another model"):
+        counterfactuals(other, images[:2], want="other-class", bank=image_bank, classes=CLASSES)
