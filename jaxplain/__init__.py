@@ -11,6 +11,7 @@ and, for functional research code, the pure functions in :mod:`jaxplain.models`
 (``image_forward(params, pixels, config)``, ``text_forward(params, ids, config)``).
 """
 
+from jaxplain.counterfactual import Bank, SolverConfig, build_bank, counterfactuals
 from jaxplain.errors import CheckpointError, InputError, JaxplainError, ModelNotFoundError
 from jaxplain.models import (
     ClipConfig,
@@ -22,20 +23,26 @@ from jaxplain.models import (
     save,
     text_forward,
 )
+from jaxplain.objectives import Want
 from jaxplain.zeroshot import DEFAULT_TEMPLATES, class_embeddings, classify, zero_shot_probs
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_TEMPLATES",
+    "Bank",
     "CheckpointError",
     "ClipConfig",
     "InputError",
     "JaxplainError",
     "Model",
     "ModelNotFoundError",
+    "SolverConfig",
+    "Want",
+    "build_bank",
     "class_embeddings",
     "classify",
+    "counterfactuals",
     "encode_image",
     "encode_text",
     "image_forward",

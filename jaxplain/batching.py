@@ -1,10 +1,14 @@
-"""Size buckets, so jitted functions compile once per bucket rather than once per batch size."""
+"""Batching: size buckets (jitted functions compile once per bucket, not once per batch size), and
+streams of items that are prepared one by one, so a bad item is reported instead of failing a batch."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 
 import numpy as np
+
+from jaxplain.errors import InputError
 
 MIN_BUCKET = 1
 
@@ -44,3 +48,47 @@ def map_bucketed(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_si
     if not outs:
         return np.asarray(fn(pad_rows(x[:0], MIN_BUCKET)))[:0]
     return np.concatenate(outs)
+
+
+def progress(total: int, desc: str, unit: str, show: bool = True):
+    """A progress bar on standard error (``show=False``: a silent one)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, disable=not show)
+
+
+def encode_stream(
+    n: int,
+    prepare: Callable[[int], np.ndarray],
+    name: Callable[[int], str],
+    encode: Callable[[np.ndarray], np.ndarray],
+    batch_size: int,
+    desc: str,
+    unit: str = "item",
+    show: bool = True,
+) -> tuple[np.ndarray | None, list[int], list[dict]]:
+    """Prepare items one by one (catching bad ones), encode the good ones a batch at a time.
+
+    Args:
+      n: number of items.
+      prepare: item index → model input (e.g. pixels ``[3, H, W]``); raises :class:`InputError` for a bad item.
+      name: item index → the name errors report.
+      encode: stacked inputs ``[B, ...]`` → embeddings ``[B, E]``.
+
+    Returns:
+      the embeddings ``[K, E]`` of the ``K`` good items (None if there were none), their indices,
+      and one ``{"item", "error"}`` record per bad item.
+    """
+    rows, kept, errors, pending = [], [], [], []
+    with progress(n, desc, unit, show) as bar:
+        for i in range(n):
+            try:
+                pending.append(prepare(i))
+                kept.append(i)
+            except InputError as e:
+                errors.append({"item": name(i), "error": str(e).removeprefix(f"{name(i)}: ")})
+            if pending and (len(pending) == batch_size or i == n - 1):
+                rows.append(encode(np.stack(pending)))
+                pending = []
+            bar.update(1)
+    return (np.concatenate(rows) if rows else None), kept, errors

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+import jaxplain
 from jaxplain.cli import main
 from tests.conftest import FIXTURES, TINY
 
@@ -65,7 +66,10 @@ def test_embed_texts_with_an_empty_and_a_long_line(tiny_model, tmp_path, capsys)
     [
         (["--model", "no/such-model-here", "--texts", "x.txt"], "could not be fetched from the Hugging Face Hub"),
         (["--model", str(TINY), "--images", "/no/such/dir"], "/no/such/dir: no such file or directory"),
-        (["--model", str(TINY), "--texts", "/no/such/file.txt"], "/no/such/file.txt: cannot read it as UTF-8"),
+        (
+            ["--model", str(TINY), "--texts", "/no/such/file.txt"],
+            "/no/such/file.txt: cannot read texts from it as UTF-8",
+        ),
     ],
 )
 def test_errors_are_one_clear_line(args, message, tmp_path, capsys, monkeypatch):
@@ -101,3 +105,39 @@ def test_console_script_runs(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert np.load(out).shape == (1, 24)
+
+
+def test_classify_the_shipped_test_set(tiny_model, tmp_path, capsys):
+    from jaxplain.data import fashion_mnist
+    from jaxplain.zeroshot import DEFAULT_TEMPLATES
+
+    out = tmp_path / "p.jsonl"
+    assert main(["classify", "--model", str(TINY), "--limit", "40", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    images, labels = fashion_mnist.load_shipped_test()
+    probs = jaxplain.classify(tiny_model, list(images[:40]), fashion_mnist.CLASS_NAMES, DEFAULT_TEMPLATES)
+    names = fashion_mnist.CLASS_NAMES
+    assert [r["prediction"] for r in rows] == [names[k] for k in probs.argmax(1)]
+    assert [r["label"] for r in rows] == [names[k] for k in labels[:40]]
+    np.testing.assert_allclose([r["confidence"] for r in rows], probs.max(1), atol=1e-5)
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    assert summary["images"] == 40
+    assert summary["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == labels[:40]))
+    assert "zero-shot accuracy:" in capsys.readouterr().err
+
+
+def test_classify_own_images_with_a_bad_one(tmp_path, capsys):
+    d = tmp_path / "imgs"
+    shutil.copytree(FIXTURES / "images", d)
+    (d / "00_bad.jpg").write_bytes(b"nope")
+    out = tmp_path / "p.jsonl"
+    assert main(["classify", "--model", str(TINY), "--images", str(d), "--classes", "cat, dog", "--out", str(out)]) == 1
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 7 and {r["prediction"] for r in rows} <= {"cat", "dog"} and "label" not in rows[0]
+    assert f"skipped {d / '00_bad.jpg'}" in capsys.readouterr().err
+
+
+def test_classify_needs_class_names_for_own_images(tmp_path, capsys):
+    args = ["classify", "--model", str(TINY), "--images", str(FIXTURES / "images"), "--out", str(tmp_path / "p.jsonl")]
+    assert main(args) == 2
+    assert "name the classes with --classes" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import jaxplain
 from jaxplain.counterfactual.bank import build_bank
 from jaxplain.counterfactual.engine import counterfactuals
 from jaxplain.data import fashion_mnist
-from jaxplain.errors import InputError
+from jaxplain.errors import InputError, JaxplainError
 
 CLASSES = ["shirt", "trousers", "bag", "sandal"]
 TEMPLATES = ["a photo of a {}.", "a {}."]
@@ -146,7 +146,8 @@ def test_bad_calls(tiny_model, images, image_bank, tmp_path):
         counterfactuals(tiny_model, images[:2], want="be different", bank=image_bank, classes=CLASSES)
     with pytest.raises(InputError, match="3 given for 2 pairs"):
         counterfactuals(tiny_model, images[:2], want=["other-class"] * 3, bank=image_bank, classes=CLASSES)
-    other = tiny_model.with_params(tiny_model.params)
-    object.__setattr__(other, "fingerprint", "0" * 24)
-    with pytest.raises(InputError, match="made by another model"):
+    params = dict(tiny_model.params, logit_scale=tiny_model.params["logit_scale"] + 1.0)
+    other = tiny_model.with_params(params)
+    assert other.fingerprint != tiny_model.fingerprint
+    with pytest.raises(JaxplainError, match="a bank only serves the model that made it"):
         counterfactuals(other, images[:2], want="other-class", bank=image_bank, classes=CLASSES)

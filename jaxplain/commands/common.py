@@ -3,56 +3,20 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
+from jaxplain.batching import encode_stream, progress
 from jaxplain.errors import InputError
 
+__all__ = ["EXIT_BAD_ITEMS", "EXIT_ERROR", "EXIT_OK", "encode_stream", "npy_path", "progress", "read_lines", "report"]
+
 EXIT_OK, EXIT_BAD_ITEMS, EXIT_ERROR = 0, 1, 2
-
-
-def progress(total: int, desc: str, unit: str):
-    """A progress bar on standard error."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True)
 
 
 def report(errors: list[dict]) -> None:
     """Print each skipped item and why."""
     for e in errors:
         print(f"jaxplain: skipped {e['item']}: {e['error']}", file=sys.stderr)
-
-
-def encode_stream(
-    n: int,
-    prepare: Callable[[int], np.ndarray],
-    name: Callable[[int], str],
-    encode: Callable[[np.ndarray], np.ndarray],
-    batch_size: int,
-    desc: str,
-    unit: str,
-) -> tuple[np.ndarray | None, list[int], list[dict]]:
-    """Prepare items one by one (catching bad ones), encode the good ones a batch at a time.
-
-    Returns the embeddings of the good items (None if there were none), their indices, and one
-    ``{"item", "error"}`` record per bad item.
-    """
-    rows, kept, errors, pending = [], [], [], []
-    with progress(n, desc, unit) as bar:
-        for i in range(n):
-            try:
-                pending.append(prepare(i))
-                kept.append(i)
-            except InputError as e:
-                errors.append({"item": name(i), "error": str(e).removeprefix(f"{name(i)}: ")})
-            if len(pending) == batch_size or (i == n - 1 and pending):
-                rows.append(encode(np.stack(pending)))
-                pending = []
-            bar.update(1)
-    return (np.concatenate(rows) if rows else None), kept, errors
 
 
 def npy_path(out: str) -> Path:

@@ -263,11 +263,7 @@ def counterfactuals(
             f"{'an' if bank.kind == 'image' else 'a'} {bank.kind} bank cannot answer side={side!r}: "
             f"it holds {bank.kind}s"
         )
-    if bank.fingerprint != model.fingerprint:
-        raise InputError(
-            f"the bank was made by another model (bank fingerprint {bank.fingerprint}, model {model.fingerprint}); "
-            "rebuild it with this model"
-        )
+    bank.check_model(model)
     n = len(images) if images is not None else len(texts or [])
     if n == 0:
         raise InputError("no pairs given")

@@ -72,9 +72,11 @@ class Model:
         """The temperature ``s = exp(logit_scale)`` applied to cosine similarities."""
         return float(clip.logit_scale(self.params))
 
-    def with_params(self, params: clip.Params) -> Model:
-        """The same bundle with other weights (e.g. cast to another dtype)."""
-        return dataclasses.replace(self, params=params)
+    def with_params(self, params: clip.Params, same_model: bool = False) -> Model:
+        """The bundle with other weights. Their fingerprint is recomputed, unless ``same_model`` says they
+        are these weights in another dtype (banks made by this model then still serve it)."""
+        fp = self.fingerprint if same_model else fingerprint(self.config, params)
+        return dataclasses.replace(self, params=params, fingerprint=fp)
 
     def preprocess(self, images: Sequence[ImageLike]) -> np.ndarray:
         """Images → normalised pixels ``[N, 3, H, W]`` float32."""

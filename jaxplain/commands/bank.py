@@ -1,0 +1,83 @@
+"""``jaxplain bank build``: encode real images or texts with a model and save them as a searchable bank."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+
+from jaxplain.commands.common import EXIT_BAD_ITEMS, EXIT_OK, read_lines, report
+from jaxplain.errors import InputError
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "bank",
+        help="build banks of real images or texts to retrieve counterfactuals from",
+        description="Banks of real items, embedded by one model and indexed for nearest-neighbour search.",
+    )
+    sub = p.add_subparsers(dest="bank_command", required=True, metavar="ACTION")
+    b = sub.add_parser(
+        "build",
+        help="embed images or texts and save them as a bank",
+        description=(
+            "Encode images (files, or directories whose image files are taken in file-name order) or texts "
+            "(one per line) with MODEL, index the embeddings, and save the bank to the directory BANK "
+            "atomically (an existing bank there is replaced only once the new one is complete). Bad items are "
+            "reported by name and skipped; the exit status is 1 if there were any."
+        ),
+    )
+    b.add_argument("--model", required=True, help="checkpoint directory, shipped model name, or hub id")
+    src = b.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", nargs="+", metavar="DIR_OR_FILE", help="image files and/or directories")
+    src.add_argument("--texts", metavar="FILE", help="a UTF-8 text file, one text per line")
+    b.add_argument("--out", required=True, metavar="BANK", help="the bank directory to write")
+    b.add_argument(
+        "--index",
+        default="auto",
+        choices=["auto", "scann", "exact"],
+        help="nearest-neighbour index: exact top-k, ScaNN, or auto (exact for small banks; default)",
+    )
+    b.add_argument("--batch-size", type=int, default=64, help="items per forward pass (default 64)")
+    b.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a ``jaxplain bank`` action; the exit status is 1 if bad items were skipped, 0 otherwise."""
+    if args.bank_command != "build":
+        raise InputError(f"unknown bank action {args.bank_command!r}")
+    return build(args)
+
+
+def build(args: argparse.Namespace) -> int:
+    from jaxplain.counterfactual.bank import build_bank
+    from jaxplain.data.images import list_images
+    from jaxplain.models import load
+
+    start = time.perf_counter()
+    model = load(args.model)
+    if args.images:
+        files = list_images(args.images)
+        if not files:
+            raise InputError(f"no image files found in {' '.join(args.images)}")
+        bank, errors = build_bank(model, images=[str(f) for f in files], backend=args.index, batch_size=args.batch_size)
+    else:
+        texts = read_lines(args.texts, "texts")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            bank, errors = build_bank(
+                model, texts=texts, backend=args.index, batch_size=args.batch_size, source=args.texts
+            )
+        for w in caught:
+            print(f"jaxplain: warning: {w.message}", file=sys.stderr)
+    report(errors)
+    out = bank.save(args.out)
+    skipped = f"; {len(errors)} bad items skipped" if errors else ""
+    print(
+        f"wrote bank {out}: {bank.size} {bank.kind}s of dimension {bank.dim}, {bank.index.backend} index, "
+        f"model fingerprint {bank.fingerprint}, {time.perf_counter() - start:.1f} s{skipped}",
+        file=sys.stderr,
+    )
+    return EXIT_BAD_ITEMS if errors else EXIT_OK

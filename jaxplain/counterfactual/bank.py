@@ -1,0 +1,336 @@
+"""Banks of real items (images or texts): their embeddings by one model, and an index to search them.
+
+A counterfactual is retrieved from a bank, so a bank must have been made by the model being explained:
+it records that model's fingerprint, and :meth:`Bank.load` with a model refuses a bank made by another.
+
+On disk a bank is a directory, written atomically (see :func:`~jaxplain.counterfactual.index.atomic_directory`)::
+
+    bank.json        kind, model name and fingerprint, size, dimension, index backend (written last)
+    items.json       {"items": [...], "ids": [...]}: image paths as given, or the texts
+    embeddings.npy   [M, E] float32 unit-norm
+    labels.npy       [M] int64, when the bank has labels
+    index/           the serialised ScaNN searcher (an exact index is rebuilt from embeddings.npy)
+
+Nothing is ever unpickled: arrays are read with ``allow_pickle=False``, metadata is JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from jaxplain.batching import encode_stream
+from jaxplain.counterfactual.index import (
+    ExactIndex,
+    Index,
+    ScannIndex,
+    atomic_directory,
+    build_index,
+    load_index,
+    read_npy,
+)
+from jaxplain.errors import InputError, JaxplainError
+
+if TYPE_CHECKING:
+    from jaxplain.models.bundle import Model
+
+BANK_FILE = "bank.json"
+ITEMS_FILE = "items.json"
+EMBEDDINGS_FILE = "embeddings.npy"
+LABELS_FILE = "labels.npy"
+INDEX_DIR = "index"
+FORMAT = "jaxplain-bank"
+VERSION = 1
+KINDS = ("image", "text")
+
+
+class BankError(JaxplainError):
+    """A bank directory is missing or corrupt, or the bank was made by another model."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Bank:
+    """Real items with their embeddings by one model, and a nearest-neighbour index over them.
+
+    Attributes:
+      kind: ``"image"`` or ``"text"``.
+      items: ``M`` image paths (as given; for in-memory images, their id) or texts.
+      ids: ``M`` stable, unique ids (by default the file name, ``"text:{line}"``, or the position ``str(i)``).
+      embeddings: ``[M, E]`` float32 unit-norm, made by the model.
+      model_name: the name of the model that made them.
+      fingerprint: that model's :attr:`Model.fingerprint`.
+      index: searches ``embeddings`` (:class:`ExactIndex` or :class:`ScannIndex`).
+      labels: optional ``[M]`` int64 labels (e.g. Fashion-MNIST classes).
+    """
+
+    kind: str
+    items: list[str]
+    ids: list[str]
+    embeddings: np.ndarray
+    model_name: str
+    fingerprint: str
+    index: Index
+    labels: np.ndarray | None = None
+
+    def __post_init__(self):
+        m = len(self.items)
+        if self.kind not in KINDS:
+            raise InputError(f"a bank's kind must be one of {KINDS}, got {self.kind!r}")
+        if self.embeddings.ndim != 2 or self.embeddings.shape[0] != m or len(self.ids) != m:
+            raise InputError(
+                f"a bank needs one embedding and one id per item: {m} items, {len(self.ids)} ids, "
+                f"embeddings {self.embeddings.shape}"
+            )
+        if (self.index.size, self.index.dim) != self.embeddings.shape:
+            raise InputError(
+                f"the index holds [{self.index.size}, {self.index.dim}], the embeddings {self.embeddings.shape}"
+            )
+        if self.labels is not None and self.labels.shape != (m,):
+            raise InputError(f"a bank needs one label per item: {m} items, labels {self.labels.shape}")
+
+    @property
+    def size(self) -> int:
+        """``M``, the number of items."""
+        return len(self.items)
+
+    @property
+    def dim(self) -> int:
+        """``E``, the embedding width."""
+        return self.embeddings.shape[1]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """queries ``[Q, E]`` → ``(rows [Q, min(k, M)] int64, scores [Q, min(k, M)] float32)``, best first.
+
+        ``rows`` index ``items``, ``ids``, ``embeddings`` and ``labels``.
+        """
+        return self.index.search(queries, k)
+
+    def check_model(self, model: Model, where: str | os.PathLike = "bank") -> None:
+        """Raise :class:`BankError` naming both sides unless ``model`` made this bank."""
+        _check_model(where, self.model_name, self.fingerprint, self.dim, model)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the bank to ``directory`` atomically and return its path.
+
+        Everything is written into a temporary sibling directory that then replaces ``directory``; a
+        crash midway leaves any bank already at ``directory`` untouched. An existing directory that is
+        not a bank is never overwritten.
+        """
+        directory = Path(directory)
+        with atomic_directory(directory) as tmp:
+            np.save(tmp / EMBEDDINGS_FILE, np.ascontiguousarray(self.embeddings, np.float32), allow_pickle=False)
+            if self.labels is not None:
+                np.save(tmp / LABELS_FILE, self.labels, allow_pickle=False)
+            items = {"items": self.items, "ids": self.ids}
+            (tmp / ITEMS_FILE).write_text(json.dumps(items, ensure_ascii=False) + "\n", encoding="utf-8")
+            if not isinstance(self.index, ExactIndex):
+                self.index.save(tmp / INDEX_DIR)
+            meta = {
+                "format": FORMAT,
+                "version": VERSION,
+                "kind": self.kind,
+                "model_name": self.model_name,
+                "fingerprint": self.fingerprint,
+                "size": self.size,
+                "dim": self.dim,
+                "index": self.index.backend,
+                "labels": self.labels is not None,
+            }
+            (tmp / BANK_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, model: Model | None = None) -> Bank:
+        """Read a bank written by :meth:`save`.
+
+        With ``model``, a bank made by another model (another fingerprint) or with another embedding
+        width is a :class:`BankError` naming both, raised before the arrays are read.
+        """
+        d = Path(directory)
+        meta = _read_bank_meta(d)
+        if model is not None:
+            _check_model(d, meta["model_name"], meta["fingerprint"], meta["dim"], model)
+        emb = read_npy(d / EMBEDDINGS_FILE, BankError)
+        if emb.dtype != np.float32 or emb.shape != (meta["size"], meta["dim"]):
+            raise BankError(f"{d / EMBEDDINGS_FILE}: {emb.dtype} {emb.shape}, {BANK_FILE} says float32 {meta}")
+        try:
+            listing = json.loads((d / ITEMS_FILE).read_text(encoding="utf-8"))
+            items, ids = listing["items"], listing["ids"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise BankError(f"{d / ITEMS_FILE}: missing or unreadable ({e})") from None
+        labels = read_npy(d / LABELS_FILE, BankError) if meta.get("labels") else None
+        if meta["index"] == "exact":
+            index: Index = ExactIndex(emb)
+        else:
+            index = load_index(d / INDEX_DIR)
+            if not isinstance(index, ScannIndex) or (index.size, index.dim) != emb.shape:
+                raise BankError(f"{d / INDEX_DIR}: {index} does not match the bank's embeddings {emb.shape}")
+        try:
+            return cls(meta["kind"], items, ids, emb, meta["model_name"], meta["fingerprint"], index, labels)
+        except InputError as e:
+            raise BankError(f"{d}: {e}") from None
+
+    def __repr__(self) -> str:
+        labels = ", labelled" if self.labels is not None else ""
+        return (
+            f"Bank({self.kind}, {self.size:,} items × {self.dim}, {self.index!r}, model {self.model_name!r} "
+            f"fingerprint {self.fingerprint}{labels})"
+        )
+
+
+def _check_model(where: str | os.PathLike, name: str, fingerprint: str, dim: int, model: Model) -> None:
+    if fingerprint == model.fingerprint and dim == model.embed_dim:
+        return
+    raise BankError(
+        f"{where}: made by model {name!r} (fingerprint {fingerprint}, embeddings of dimension {dim}), "
+        f"but the model given is {model.name!r} (fingerprint {model.fingerprint}, dimension {model.embed_dim}); "
+        "a bank only serves the model that made it: rebuild it with `jaxplain bank build`"
+    )
+
+
+def _read_bank_meta(d: Path) -> dict[str, Any]:
+    path = d / BANK_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BankError(f"{d}: not a bank (no {BANK_FILE}); build one with `jaxplain bank build`") from None
+    except (OSError, ValueError) as e:
+        raise BankError(f"{path}: unreadable ({e})") from None
+    need = ("kind", "model_name", "fingerprint", "size", "dim", "index")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or any(k not in meta for k in need):
+        raise BankError(f"{path}: not a jaxplain bank description")
+    if meta.get("version", 0) > VERSION:
+        raise BankError(f"{path}: format version {meta['version']} is newer than this jaxplain reads ({VERSION})")
+    return meta
+
+
+# ------------------------------------------------------------------------------------------ building
+
+
+def _default_image_ids(images: Sequence[Any]) -> list[str]:
+    """File names for paths, positions for in-memory images; full paths where file names collide."""
+    is_path = [isinstance(x, (str, Path)) for x in images]
+    ids = [Path(x).name if p else str(i) for i, (x, p) in enumerate(zip(images, is_path))]
+    if len(set(ids)) < len(ids):
+        ids = [str(x) if p else str(i) for i, (x, p) in enumerate(zip(images, is_path))]
+    return ids
+
+
+def _check_ids(ids: Sequence[str], n: int) -> list[str]:
+    ids = [str(i) for i in ids]
+    if len(ids) != n:
+        raise InputError(f"got {len(ids)} ids for {n} items")
+    seen: set[str] = set()
+    for i in ids:
+        if i in seen:
+            raise InputError(f"the id {i!r} is given to two items; ids must be unique")
+        seen.add(i)
+    return ids
+
+
+def _check_labels(labels: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
+    a = np.asarray(labels)
+    if a.shape != (n,) or not np.issubdtype(a.dtype, np.integer):
+        raise InputError(f"labels must be {n} integers (one per item), got {a.dtype} {a.shape}")
+    return a.astype(np.int64)
+
+
+def build_bank(
+    model: Model,
+    *,
+    images: Sequence[Any] | np.ndarray | None = None,
+    texts: Sequence[str] | None = None,
+    ids: Sequence[str] | None = None,
+    labels: Sequence[int] | np.ndarray | None = None,
+    backend: str = "auto",
+    batch_size: int | None = None,
+    progress: bool = True,
+    source: str | None = None,
+) -> tuple[Bank, list[dict]]:
+    """Encode real items with ``model`` and index them.
+
+    Args:
+      model: the model the bank will serve.
+      images: image paths, or in-memory images (arrays ``[H, W]``, ``[H, W, C]``, ``[C, H, W]`` uint8 or
+        float in ``[0, 1]``, PIL images, bytes); an array ``[N, H, W(, C)]`` counts as ``N`` images.
+      texts: the texts (exactly one of ``images`` and ``texts``).
+      ids: one unique id per item; default: the file name (the path as given where names collide),
+        ``f"text:{line}"`` with 1-based lines, or ``str(i)`` for in-memory images.
+      labels: optional int label per item.
+      backend: index backend, see :func:`~jaxplain.counterfactual.index.build_index`.
+      batch_size: items per forward pass (default: the model's image or text default).
+      progress: show a progress bar on standard error.
+      source: the file the texts came from, to name bad lines as ``FILE:LINE``.
+
+    Returns:
+      The bank of the good items, and one ``{"item", "error"}`` record per bad item skipped (an image that
+      cannot be decoded, an empty text). Tokenizer warnings (a truncated text) are left to propagate.
+
+    Raises:
+      InputError: no items, or none could be encoded, or ``ids``/``labels`` do not fit the items.
+    """
+    from jaxplain.data.images import describe
+    from jaxplain.models.bundle import IMAGE_BATCH, TEXT_BATCH
+
+    if (images is None) == (texts is None):
+        raise InputError("give exactly one of images= and texts=")
+    if isinstance(texts, str):
+        raise InputError("texts= must be a list of texts, got a single string (wrap it in a list)")
+    all_items = list(images) if images is not None else list(texts)
+    n = len(all_items)
+    if not n:
+        raise InputError("no items to put in the bank")
+    label_array = None if labels is None else _check_labels(labels, n)
+    if images is not None:
+        kind = "image"
+        item_ids = _check_ids(ids, n) if ids is not None else _default_image_ids(all_items)
+        names = [str(x) if isinstance(x, (str, Path)) else describe(x, i) for i, x in enumerate(all_items)]
+        strings = [str(x) if isinstance(x, (str, Path)) else item_ids[i] for i, x in enumerate(all_items)]
+        bs = batch_size or IMAGE_BATCH
+        emb, kept, errors = encode_stream(
+            n,
+            lambda i: model.processing.pixels(all_items[i], names[i]),
+            names.__getitem__,
+            lambda x: model.encode_pixels(x, bs),
+            bs,
+            "embedding bank images",
+            show=progress,
+        )
+    else:
+        kind = "text"
+        item_ids = _check_ids(ids, n) if ids is not None else [f"text:{i + 1}" for i in range(n)]
+        names = [f"{source}:{i + 1}" if source else item_ids[i] for i in range(n)]
+        strings = all_items
+        bs = batch_size or TEXT_BATCH
+        emb, kept, errors = encode_stream(
+            n,
+            lambda i: model.tokenizer.pad(model.tokenizer.ids(all_items[i], names[i])),
+            names.__getitem__,
+            lambda x: model.encode_ids(x, bs),
+            bs,
+            "embedding bank texts",
+            show=progress,
+        )
+    if emb is None:
+        first = "; ".join(f"{e['item']}: {e['error']}" for e in errors[:3])
+        raise InputError(f"no item of the {n} could be encoded ({first}{'; …' if len(errors) > 3 else ''})")
+    bank = Bank(
+        kind=kind,
+        items=[strings[i] for i in kept],
+        ids=[item_ids[i] for i in kept],
+        embeddings=np.ascontiguousarray(emb, np.float32),
+        model_name=model.name,
+        fingerprint=model.fingerprint,
+        index=build_index(emb, backend),
+        labels=None if label_array is None else label_array[kept],
+    )
+    return bank, errors
