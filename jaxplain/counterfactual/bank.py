@@ -17,12 +17,15 @@ Nothing is ever unpickled: arrays are read with ``allow_pickle=False``, metadata
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxplain.batching import encode_stream
@@ -106,6 +109,11 @@ class Bank:
 
     def __len__(self) -> int:
         return self.size
+
+    @functools.cached_property
+    def device_embeddings(self) -> jax.Array:
+        """The embeddings as a jax array, copied to the default device once and kept (the verifier's input)."""
+        return jnp.asarray(self.embeddings)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """queries ``[Q, E]`` → ``(rows [Q, min(k, M)] int64, scores [Q, min(k, M)] float32)``, best first.

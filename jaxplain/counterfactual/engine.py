@@ -171,7 +171,7 @@ def _verify_chunked(cand: np.ndarray, bank, problem: Problem, rows: np.ndarray, 
     parts = [
         verify(
             cand[s],
-            bank.embeddings,
+            bank.device_embeddings,
             problem.u0[rows[s]],
             Goal(*(g[rows[s]] for g in problem.goal)),
             problem.anchor[rows[s]],
@@ -276,7 +276,9 @@ def counterfactuals(
     m0, s0, pred0 = _original(problem)
     if search == "exhaustive":
         t = time.perf_counter()
-        ver = exhaustive(bank.embeddings, problem.u0, problem.goal, problem.anchor, problem.classes, problem.scale, top)
+        ver = exhaustive(
+            bank.device_embeddings, problem.u0, problem.goal, problem.anchor, problem.classes, problem.scale, top
+        )
         timings["verify"] = time.perf_counter() - t
     else:
         ver = _retrieve_and_verify(problem, bank, min(k, len(bank.embeddings)), top, solver, escalate, timings)

@@ -1,0 +1,168 @@
+"""Counterfactual quality and speed on the shipped model and its bank of real images.
+
+Quality (``--quality``): the bank is the 10,000 shipped Fashion-MNIST test images; the pairs are
+``--pairs`` of those images (random, fixed seed) with a wanted class change (``other-class`` and
+``runner-up``). For each outcome it runs the pipeline (targets + ScaNN retrieval + verification) and
+the oracle (every bank item verified) and prints:
+
+* validity: the share of returned counterfactuals that are valid when re-checked independently
+  (the bank image re-encoded from its pixels and zero-shot classified afresh);
+* found-rate: pairs with a counterfactual from the pipeline ÷ pairs with one from the oracle;
+* median proximity ``‖x − u0‖`` of the nearest counterfactual, pipeline and oracle, over the pairs
+  both found, and their ratio.
+
+Speed (``--speed``), ratios measured side by side in one run:
+
+* the batched pipeline on ``--pairs`` pairs vs the same work one pair at a time in a Python loop;
+* the pipeline vs the oracle on a bank of ``--big`` embeddings (default 1,000,000): the 10,000 real
+  embeddings each joined by perturbed copies (Gaussian noise of the bank's own within-class spread,
+  renormalised), indexed by ScaNN (build time printed apart); with ScaNN's recall@k against exact
+  search for the pipeline's own queries.
+
+    python benchmarks/bench_counterfactuals.py --quality --speed [--pairs 1000] [--big 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import jaxplain
+from jaxplain.counterfactual import Bank, ExactIndex, build_bank, build_index, counterfactuals
+from jaxplain.counterfactual.engine import build_problem
+from jaxplain.counterfactual.solver import SolverConfig, solve_targets
+from jaxplain.data import fashion_mnist
+from jaxplain.objectives import Want
+
+CLASSES = list(fashion_mnist.CLASS_NAMES)
+
+
+def setup(model_name: str):
+    model = jaxplain.load(model_name)
+    images, labels = fashion_mnist.load_shipped_test()
+    t = time.perf_counter()
+    bank, _ = build_bank(model, images=images, labels=labels, progress=False)
+    took = time.perf_counter() - t
+    print(f"model {model_name}; bank: {len(bank)} real images, {bank.index.backend} index, built in {took:.1f} s")
+    return model, images, labels, bank
+
+
+def quality(model, images, bank, pairs: np.ndarray, k: int) -> None:
+    queries = [images[i] for i in pairs]
+    print(f"\nquality over {len(pairs)} pairs (k={k}):")
+    head = ("want", "validity", "found", "oracle", "found-rate", "median prox.", "oracle", "ratio")
+    print("{:12} {:>9} {:>7} {:>7} {:>10} {:>12} {:>8} {:>6}".format(*head))
+    for want in ("other-class", "runner-up"):
+        for search in ("index", "exhaustive"):  # compile first: the timings are of the work
+            counterfactuals(model, queries, want=want, bank=bank, classes=CLASSES, k=k, top=3, search=search)
+        t = time.perf_counter()
+        res = counterfactuals(model, queries, want=want, bank=bank, classes=CLASSES, k=k, top=3)
+        t_pipe = time.perf_counter() - t
+        t = time.perf_counter()
+        orc = counterfactuals(model, queries, want=want, bank=bank, classes=CLASSES, top=3, search="exhaustive")
+        t_orc = time.perf_counter() - t
+        # independent re-check of every returned item: re-encode its image, classify afresh
+        rows = [(i, c) for i, r in enumerate(res.pairs) for c in r.counterfactuals]
+        p_items = jaxplain.classify(model, [images[c.bank_row] for _, c in rows], CLASSES)
+        p_orig = jaxplain.classify(model, queries, CLASSES)
+        ok = []
+        for (i, _), p in zip(rows, p_items):
+            if want == "other-class":
+                ok.append(p.argmax() != p_orig[i].argmax())
+            else:
+                ok.append(p.argmax() == np.argsort(-p_orig[i])[1])
+        found = np.array([r.found for r in res.pairs])
+        ofound = np.array([o.found for o in orc.pairs])
+        both = found & ofound
+        d_p = np.median([r.counterfactuals[0].distance for r, b in zip(res.pairs, both) if b])
+        d_o = np.median([o.counterfactuals[0].distance for o, b in zip(orc.pairs, both) if b])
+        print(
+            f"{want:12} {np.mean(ok):9.2%} {found.sum():7d} {ofound.sum():7d} {found.sum() / ofound.sum():10.4f} "
+            f"{d_p:12.4f} {d_o:8.4f} {d_p / d_o:6.4f}   (pipeline {t_pipe:.1f} s, oracle {t_orc:.1f} s; "
+            f"{len(ok)} items re-checked; pipeline-only finds: {(found & ~ofound).sum()})"
+        )
+
+
+def speed(model, images, bank, pairs: np.ndarray, k: int, big: int) -> None:
+    queries = [images[i] for i in pairs]
+    n = len(pairs)
+    kw = dict(bank=bank, classes=CLASSES, k=k, top=3)
+    counterfactuals(model, queries, want="other-class", **kw)  # compile both shapes first
+    counterfactuals(model, queries[:1], want="other-class", **kw)
+    t = time.perf_counter()
+    counterfactuals(model, queries, want="other-class", **kw)
+    t_batch = time.perf_counter() - t
+    t = time.perf_counter()
+    for q in queries:
+        counterfactuals(model, [q], want="other-class", **kw)
+    t_loop = time.perf_counter() - t
+    print(f"\nspeed, {n} pairs on the {len(bank)}-image bank:")
+    print(f"  batched {t_batch:.2f} s, one pair at a time {t_loop:.2f} s: {t_loop / t_batch:.1f}× faster batched")
+
+    # A big bank: real embeddings and perturbed copies of them.
+    rng = np.random.default_rng(0)
+    real = bank.embeddings
+    labels = bank.labels
+    centres = np.stack([real[labels == c].mean(0) for c in range(10)])
+    spread = float(np.sqrt(np.mean(np.sum((real - centres[labels]) ** 2, axis=1)) / real.shape[1]))
+    reps = -(-big // len(real))
+    emb = np.repeat(real, reps, axis=0)[:big]
+    emb[len(real) :] += rng.normal(0, spread / 2, size=(big - len(real), real.shape[1])).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    t = time.perf_counter()
+    index = build_index(emb, "scann")
+    t_build = time.perf_counter() - t
+    items = [f"synthetic:{i}" for i in range(big)]
+    big_bank = Bank("image", items, items, emb, model.name, model.fingerprint, index, labels=None)
+    kw = dict(bank=big_bank, classes=CLASSES, k=k, top=3)
+    counterfactuals(model, queries, want="other-class", **kw)  # compile
+    counterfactuals(model, queries, want="other-class", search="exhaustive", **kw)
+    t = time.perf_counter()
+    res = counterfactuals(model, queries, want="other-class", **kw)
+    t_pipe = time.perf_counter() - t
+    t = time.perf_counter()
+    orc = counterfactuals(model, queries, want="other-class", search="exhaustive", **kw)
+    t_orc = time.perf_counter() - t
+    found = np.array([r.found for r in res.pairs])
+    ofound = np.array([o.found for o in orc.pairs])
+    print(f"\n{big:,}-embedding bank (ScaNN built in {t_build:.1f} s, not counted):")
+    print(f"  pipeline {t_pipe:.2f} s ({res.timings}), oracle {t_orc:.2f} s: {t_orc / t_pipe:.1f}× faster")
+    print(f"  found-rate vs oracle {found.sum()}/{ofound.sum()} = {found.sum() / max(1, ofound.sum()):.4f}")
+
+    # recall of ScaNN on the pipeline's own queries (the originals and the targets)
+    wants = [Want.parse("other-class")] * min(n, 200)
+    prob = build_problem(
+        model, "image", queries[: len(wants)], None, wants, big_bank, CLASSES, jaxplain.DEFAULT_TEMPLATES
+    )
+    tg = solve_targets(prob.u0, prob.goal, prob.anchor, prob.classes, prob.scale, SolverConfig())
+    q = np.concatenate([prob.u0[:, None], tg.embedding], 1).reshape(-1, emb.shape[1]).astype(np.float32)
+    got, _ = index.search(q, k)
+    want_ids, _ = ExactIndex(emb).search(q, k)
+    recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(got, want_ids)])
+    print(f"  ScaNN recall@{k} on {len(q)} pipeline queries: {recall:.4f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="fashion-clip")
+    ap.add_argument("--pairs", type=int, default=1000)
+    ap.add_argument("--k", type=int, default=64)
+    ap.add_argument("--big", type=int, default=1_000_000)
+    ap.add_argument("--quality", action="store_true")
+    ap.add_argument("--speed", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if not (args.quality or args.speed):
+        args.quality = args.speed = True
+    model, images, _, bank = setup(args.model)
+    pairs = np.random.default_rng(args.seed).choice(len(images), size=args.pairs, replace=False)
+    if args.quality:
+        quality(model, images, bank, pairs, args.k)
+    if args.speed:
+        speed(model, images, bank, pairs, args.k, args.big)
+
+
+if __name__ == "__main__":
+    main()
