@@ -7,7 +7,7 @@ import sys
 import time
 import warnings
 
-from jaxplain.commands.common import EXIT_BAD_ITEMS, EXIT_OK, read_lines, report
+from jaxplain.commands.common import EXIT_BAD_ITEMS, EXIT_OK, add_model_and_items, read_lines, report
 from jaxplain.errors import InputError
 
 
@@ -28,10 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "reported by name and skipped; the exit status is 1 if there were any."
         ),
     )
-    b.add_argument("--model", required=True, help="checkpoint directory, shipped model name, or hub id")
-    src = b.add_mutually_exclusive_group(required=True)
-    src.add_argument("--images", nargs="+", metavar="DIR_OR_FILE", help="image files and/or directories")
-    src.add_argument("--texts", metavar="FILE", help="a UTF-8 text file, one text per line")
+    add_model_and_items(b)
     b.add_argument("--out", required=True, metavar="BANK", help="the bank directory to write")
     b.add_argument(
         "--index",

@@ -8,9 +8,27 @@ from pathlib import Path
 from jaxplain.batching import encode_stream, progress
 from jaxplain.errors import InputError
 
-__all__ = ["EXIT_BAD_ITEMS", "EXIT_ERROR", "EXIT_OK", "encode_stream", "npy_path", "progress", "read_lines", "report"]
+__all__ = [
+    "EXIT_BAD_ITEMS",
+    "EXIT_ERROR",
+    "EXIT_OK",
+    "add_model_and_items",
+    "encode_stream",
+    "npy_path",
+    "progress",
+    "read_lines",
+    "report",
+]
 
 EXIT_OK, EXIT_BAD_ITEMS, EXIT_ERROR = 0, 1, 2
+
+
+def add_model_and_items(p) -> None:
+    """The ``--model`` option and the ``--images`` / ``--texts`` choice that item commands share."""
+    p.add_argument("--model", required=True, help="checkpoint directory, shipped model name, or hub id")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", nargs="+", metavar="DIR_OR_FILE", help="image files and/or directories")
+    src.add_argument("--texts", metavar="FILE", help="a UTF-8 text file, one text per line")
 
 
 def report(errors: list[dict]) -> None:

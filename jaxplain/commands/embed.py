@@ -10,7 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxplain.commands.common import EXIT_BAD_ITEMS, EXIT_OK, encode_stream, npy_path, read_lines, report
+from jaxplain.commands.common import (
+    EXIT_BAD_ITEMS,
+    EXIT_OK,
+    add_model_and_items,
+    encode_stream,
+    npy_path,
+    read_lines,
+    report,
+)
 from jaxplain.errors import InputError
 
 
@@ -25,10 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "bad items that were skipped (exit status 1 if there were any)."
         ),
     )
-    p.add_argument("--model", required=True, help="checkpoint directory, shipped model name, or hub id")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--images", nargs="+", metavar="DIR_OR_FILE", help="image files and/or directories")
-    src.add_argument("--texts", metavar="FILE", help="a UTF-8 text file, one text per line")
+    add_model_and_items(p)
     p.add_argument("--out", required=True, help="output .npy file")
     p.add_argument("--batch-size", type=int, default=64, help="items per forward pass (default 64)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute dtype")
