@@ -47,7 +47,16 @@ def test_class_outcomes_are_real_and_valid(tiny_model, images, image_bank, want)
     # This random model's valid items lie far from every target (its embeddings are all alike), so
     # the second escalation round (32 · 8² neighbours) takes in the whole bank: found = the oracle's.
     res = counterfactuals(
-        tiny_model, queries, want=want, bank=image_bank, classes=CLASSES, templates=TEMPLATES, k=32, top=3, escalate=2
+        tiny_model,
+        queries,
+        want=want,
+        bank=image_bank,
+        classes=CLASSES,
+        templates=TEMPLATES,
+        k=32,
+        top=3,
+        escalate=2,
+        search="index",
     )
     oracle = counterfactuals(
         tiny_model,
@@ -88,13 +97,16 @@ def image_bank_image(images, row):
     return images[40 + row]
 
 
-def test_similarity_outcomes_and_nothing_padded(tiny_model, images, image_bank):
+@pytest.mark.parametrize("search", ["index", "exhaustive"])
+def test_similarity_outcomes_and_nothing_padded(tiny_model, images, image_bank, search):
     texts = ["a photo of a bag"] * 10
     u = tiny_model.encode_images(images[:10])
     v = tiny_model.encode_texts(texts[:1])[0]
     sims = image_bank.embeddings @ v
     level = float(np.quantile(sims, 0.9))  # 10% of the bank passes
-    res = counterfactuals(tiny_model, images[:10], texts, want=f"similarity>={level}", bank=image_bank, top=5)
+    res = counterfactuals(
+        tiny_model, images[:10], texts, want=f"similarity>={level}", bank=image_bank, top=5, search=search
+    )
     for i, r in enumerate(res.pairs):
         assert r.original_score == pytest.approx(float(u[i] @ v), abs=1e-5)
         if r.status == "already":
@@ -104,14 +116,15 @@ def test_similarity_outcomes_and_nothing_padded(tiny_model, images, image_bank):
             assert e @ v > level and cf.score == pytest.approx(float(e @ v), abs=1e-5)
             assert cf.distance == pytest.approx(float(np.linalg.norm(e - u[i])), abs=1e-4)
     # unreachable: no bank item is that similar — reported as not found, never padded
-    res = counterfactuals(tiny_model, images[:3], texts[:3], want="similarity>=0.9999", bank=image_bank)
+    res = counterfactuals(tiny_model, images[:3], texts[:3], want="similarity>=0.9999", bank=image_bank, search=search)
     assert [r.status for r in res.pairs] == ["not_found"] * 3
     assert all(r.counterfactuals == () for r in res.pairs)
 
 
-def test_retrieval_enter_top_k(tiny_model, images, image_bank):
+@pytest.mark.parametrize("search", ["index", "exhaustive"])
+def test_retrieval_enter_top_k(tiny_model, images, image_bank, search):
     texts = ["a photo of a sandal"] * 8
-    res = counterfactuals(tiny_model, images[:8], texts, want="top:5", bank=image_bank, top=3)
+    res = counterfactuals(tiny_model, images[:8], texts, want="top:5", bank=image_bank, top=3, search=search)
     v = tiny_model.encode_texts(texts[:1])[0]
     bank_scores = image_bank.embeddings @ v
     for r in res.pairs:
@@ -120,7 +133,8 @@ def test_retrieval_enter_top_k(tiny_model, images, image_bank):
             assert rank <= 5
 
 
-def test_text_side(tiny_model, images):
+@pytest.mark.parametrize("search", ["index", "exhaustive"])
+def test_text_side(tiny_model, images, search):
     captions = [f"a {adj} {c}" for adj in ("dark", "light", "striped", "plain", "new") for c in CLASSES] * 2
     captions = list(dict.fromkeys(captions))
     bank, _ = build_bank(tiny_model, texts=captions, backend="exact", progress=False)
@@ -128,7 +142,9 @@ def test_text_side(tiny_model, images):
     t = ["a photo of a shirt"] * 6
     v0 = tiny_model.encode_texts(t[:1])[0]
     level = float(np.median(tiny_model.encode_texts(captions) @ u[0]))
-    res = counterfactuals(tiny_model, images[:6], t, want=f"similarity<={level}", bank=bank, side="text", top=3)
+    res = counterfactuals(
+        tiny_model, images[:6], t, want=f"similarity<={level}", bank=bank, side="text", top=3, search=search
+    )
     for i, r in enumerate(res.pairs):
         for cf in r.counterfactuals:
             e = tiny_model.encode_texts([cf.item])[0]

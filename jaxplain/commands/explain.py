@@ -46,7 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results, one JSON object per pair, in input order")
     p.add_argument("--k", type=int, default=64, help="neighbours retrieved per query (default 64)")
     p.add_argument("--top", type=int, default=3, help="counterfactuals kept per pair (default 3)")
-    p.add_argument("--exhaustive", action="store_true", help="verify every bank item (the oracle; slow on big banks)")
+    p.add_argument(
+        "--search",
+        choices=["auto", "index", "exhaustive"],
+        default="auto",
+        help="index: targets + retrieval; exhaustive: verify every bank item (the oracle); auto (default): "
+        "exhaustive while pairs × bank items is small, index beyond",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -167,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
                 templates=list(templates) if templates else (),
                 k=args.k,
                 top=args.top,
-                search="exhaustive" if args.exhaustive else "index",
+                search=args.search,
             )
         except JaxplainError as e:
             for p in members:

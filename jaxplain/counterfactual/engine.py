@@ -26,6 +26,10 @@ from jaxplain.objectives import SIM_ABOVE, SIM_BELOW, Goal, Want, margin, report
 from jaxplain.zeroshot import DEFAULT_TEMPLATES, class_embeddings
 
 PAIR_CHUNK = 1024  # pairs verified at once: bounds the [pairs, candidates, E] gather
+# search="auto" verifies every bank item while pairs × items stays below this: on such small
+# problems exhaustive verification costs about as much as solving targets and retrieving, and it
+# needs no luck (in a bank of tight clusters, the valid items can lie off every target's path).
+EXHAUSTIVE_BUDGET = 4_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,7 +231,7 @@ def counterfactuals(
     templates: Sequence[str] = DEFAULT_TEMPLATES,
     k: int = 64,
     top: int = 3,
-    search: str = "index",
+    search: str = "auto",
     solver: SolverConfig = SolverConfig(),
     escalate: int = 1,
 ) -> CounterfactualResult:
@@ -247,7 +251,8 @@ def counterfactuals(
       k: neighbours retrieved per query (each pair queries its original and one target per solver depth).
       escalate: rounds of retrying the pairs with no valid candidate, each with 8× more neighbours.
       top: counterfactuals returned per pair, nearest first.
-      search: ``"index"`` (targets + retrieval) or ``"exhaustive"`` (the oracle: verify every item).
+      search: ``"index"`` (targets + retrieval), ``"exhaustive"`` (the oracle: verify every item), or
+        ``"auto"`` (exhaustive while pairs × bank items ≤ ``EXHAUSTIVE_BUDGET``, else index).
       solver: target solver settings.
 
     Returns:
@@ -256,8 +261,8 @@ def counterfactuals(
     start = time.perf_counter()
     if side not in ("image", "text"):
         raise InputError(f"side must be 'image' or 'text', got {side!r}")
-    if search not in ("index", "exhaustive"):
-        raise InputError(f"search must be 'index' or 'exhaustive', got {search!r}")
+    if search not in ("auto", "index", "exhaustive"):
+        raise InputError(f"search must be 'auto', 'index' or 'exhaustive', got {search!r}")
     if bank.kind != side:
         raise InputError(
             f"{'an' if bank.kind == 'image' else 'a'} {bank.kind} bank cannot answer side={side!r}: "
@@ -268,6 +273,8 @@ def counterfactuals(
     if n == 0:
         raise InputError("no pairs given")
     wants = [w if isinstance(w, Want) else Want.parse(w) for w in _as_list(want, n, "want")]
+    if search == "auto":
+        search = "exhaustive" if n * len(bank.embeddings) <= EXHAUSTIVE_BUDGET else "index"
     top = min(top, len(bank.embeddings) - 1)
     timings: dict[str, float] = {}
     t = time.perf_counter()
