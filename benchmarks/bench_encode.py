@@ -6,6 +6,11 @@ the same preprocessed pixels and token ids; timings are interleaved (jaxplain, t
 and the median of the repeats is reported, after a warm-up that includes jaxplain's compilation.
 The ratio is torch time / jaxplain time: above 1.0 means jaxplain is faster.
 
+Texts are given to both as ids padded to the 77-token context. jaxplain skips the padding after the
+batch's last end-of-text token (causal attention: it cannot change any embedding), so for texts a
+second column gives torch the same advantage — ids padded only to the longest text of the batch,
+which is how transformers' tokenizer is best called — and the honest text figure is that one.
+
     python benchmarks/bench_encode.py [--repeats 5] [--image-batches 1 8 32] [--text-batches 8 32 128]
 
 Needs torch (``pip install torch==2.13.0`` takes a CPU wheel on the project's machines).
@@ -63,9 +68,11 @@ def main() -> None:
         model = jaxplain.load(d)
     print(f"machine: {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
     print(f"checkpoint: ViT-B/32 widths, {sum(p.numel() for p in ref.parameters()):,} parameters, float32\n")
-    print(f"{'tower':6} {'batch':>5} {'jaxplain/s':>11} {'torch/s':>9} {'ratio':>6}")
+    print(
+        f"{'tower':6} {'batch':>5} {'jaxplain/s':>11} {'torch/s':>9} {'ratio':>6} {'torch/s, longest':>17} {'ratio':>6}"
+    )
     rng = np.random.RandomState(0)
-    ratios = []
+    ratios, fair = [], []
     for bs in args.image_batches:
         pixels = rng.randn(bs, 3, 224, 224).astype(np.float32)
         tp = torch.from_numpy(pixels)
@@ -76,7 +83,8 @@ def main() -> None:
 
         tj, tt = compare(lambda p=pixels, b=bs: model.encode_pixels(p, batch_size=b), run_torch, args.repeats)
         ratios.append(tt / tj)
-        print(f"{'image':6} {bs:5d} {bs / tj:11.1f} {bs / tt:9.1f} {tt / tj:6.2f}")
+        fair.append(tt / tj)
+        print(f"{'image':6} {bs:5d} {bs / tj:11.1f} {bs / tt:9.1f} {tt / tj:6.2f} {'(same)':>17} {tt / tj:6.2f}")
     texts = [f"a photo of a {w} number {i}" for i, w in enumerate(["cat", "dog", "coat", "bag"] * 64)]
     for bs in args.text_batches:
         ids = model.tokenize(texts[:bs])
@@ -87,9 +95,18 @@ def main() -> None:
                 return ref.get_text_features(input_ids=ti).pooler_output.numpy()
 
         tj, tt = compare(lambda i=ids, b=bs: model.encode_ids(i, batch_size=b), run_torch, args.repeats)
+        short = torch.from_numpy(model.tokenizer.hf(texts[:bs], padding="longest", return_tensors="np")["input_ids"])
+
+        def run_torch_short(ti=short):
+            with torch.inference_mode():
+                return ref.get_text_features(input_ids=ti).pooler_output.numpy()
+
+        _, ts = compare(lambda i=ids, b=bs: model.encode_ids(i, batch_size=b), run_torch_short, args.repeats)
         ratios.append(tt / tj)
-        print(f"{'text':6} {bs:5d} {bs / tj:11.1f} {bs / tt:9.1f} {tt / tj:6.2f}")
-    print(f"\ngeometric-mean ratio (torch time / jaxplain time): {np.exp(np.mean(np.log(ratios))):.2f}")
+        fair.append(ts / tj)
+        print(f"{'text':6} {bs:5d} {bs / tj:11.1f} {bs / tt:9.1f} {tt / tj:6.2f} {bs / ts:17.1f} {ts / tj:6.2f}")
+    gm = lambda r: float(np.exp(np.mean(np.log(r))))  # noqa: E731
+    print(f"\ngeometric-mean ratio, same inputs: {gm(ratios):.2f}; torch padding texts to the longest: {gm(fair):.2f}")
 
 
 if __name__ == "__main__":

@@ -101,15 +101,15 @@ def test_no_recompile_within_a_bucket(tiny_model, reference):
     encode_image_jit.clear_cache()  # other tests compiled other buckets
     encode_text_jit.clear_cache()
     tiny_model.encode_pixels(pixels[:5])
-    tiny_model.encode_ids(ids[:5])
+    tiny_model.encode_ids(ids[[0, 1, 2]])
     n_img, n_txt = encode_image_jit._cache_size(), encode_text_jit._cache_size()
     a = tiny_model.encode_pixels(pixels[:7])  # 5 and 7 share the bucket of 8
-    b = tiny_model.encode_ids(ids[:6])
+    b = tiny_model.encode_ids(ids[[0, 1, 2, 0]])  # 3 and 4 share the bucket of 4, and the same length
     assert encode_image_jit._cache_size() == n_img
     assert encode_text_jit._cache_size() == n_txt
     # and padding does not change the results
     np.testing.assert_allclose(a, clip.encode_image(tiny_model.params, pixels[:7], tiny_model.config), atol=1e-6)
-    np.testing.assert_allclose(b[:5], tiny_model.encode_ids(ids[:5]), atol=1e-6)
+    np.testing.assert_allclose(b[:3], tiny_model.encode_ids(ids[[0, 1, 2]]), atol=1e-6)
     tiny_model.encode_pixels(pixels[:14])  # a new bucket (16) compiles once more
     assert encode_image_jit._cache_size() == n_img + 1
 
@@ -124,3 +124,10 @@ def test_bfloat16_compute_mode(tiny_model, reference):
     cos = (a * b).sum(-1)
     assert cos.min() > 0.99, cos
     np.testing.assert_allclose(np.linalg.norm(b, axis=-1), 1.0, atol=1e-5)
+
+
+def test_trimmed_padding_changes_nothing(tiny_model, reference):
+    ids = reference["input_ids"][:4]  # padded to 77; the longest ends at 27, so encode_ids computes 32
+    assert np.asarray(clip.eos_positions(ids, tiny_model.config)).max() == 27
+    full = clip.encode_text(tiny_model.params, jnp.asarray(ids), tiny_model.config)
+    np.testing.assert_allclose(tiny_model.encode_ids(ids), full, atol=1e-6)

@@ -92,9 +92,18 @@ class Model:
         return map_bucketed(fn, np.asarray(pixels, np.float32), batch_size).astype(np.float32)
 
     def encode_ids(self, token_ids: np.ndarray, batch_size: int = TEXT_BATCH) -> np.ndarray:
-        """Token ids ``[N, T]`` → unit-norm embeddings ``[N, E]`` float32, in bucketed batches."""
+        """Token ids ``[N, T]`` → unit-norm embeddings ``[N, E]`` float32, in bucketed batches.
+
+        Attention is causal, so nothing after the last end-of-text token of the batch can change any
+        embedding: the padding beyond it (rounded up to a multiple of 8, to bound recompilation) is not
+        computed.
+        """
+        ids = np.asarray(token_ids, np.int32)
+        if ids.size:
+            eos = np.asarray(clip.eos_positions(ids, self.config))
+            ids = ids[:, : min(ids.shape[1], -(-(int(eos.max()) + 1) // 8) * 8)]
         fn = lambda x: encode_text_jit(self.params, x, config=self.config)  # noqa: E731
-        return map_bucketed(fn, np.asarray(token_ids, np.int32), batch_size).astype(np.float32)
+        return map_bucketed(fn, ids, batch_size).astype(np.float32)
 
     def encode_images(self, images: Sequence[ImageLike] | np.ndarray, batch_size: int = IMAGE_BATCH) -> np.ndarray:
         """Images (paths, bytes, PIL images, arrays) or a pixel array ``[N, 3, H, W]`` → ``[N, E]``.

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxplain.models.config import ClipConfig
-from jaxplain.models.transformer import at_least_f32, encoder, layer_norm
+from jaxplain.models.transformer import at_least_f32, encoder, encoder_at, layer_norm
 
 Params = dict[str, Any]
 
@@ -122,13 +122,14 @@ def text_forward(
     x = embed_tokens(params, token_ids) if token_embeds is None else token_embeds
     x = x.astype(p["token_embedding"].dtype) + p["position_embedding"][:length]
     causal = jnp.tril(jnp.ones((length, length), dtype=bool))
-    h, aux = encoder(
-        x, p["layers"], num_heads=t.num_heads, act=t.hidden_act, eps=t.layer_norm_eps, mask=causal, collect=collect
-    )
-    aux = _batch_first(aux)
-    h = layer_norm(h, p["final_ln"], t.layer_norm_eps)
+    kw = dict(num_heads=t.num_heads, act=t.hidden_act, eps=t.layer_norm_eps, mask=causal)
     eos = eos_positions(token_ids, config)
-    pooled = h[jnp.arange(n), eos]
+    if collect:
+        h, aux = encoder(x, p["layers"], collect=True, **kw)
+        aux, at_eos = _batch_first(aux), h[jnp.arange(n), eos]
+    else:  # only the end-of-text token of the last layer is pooled: skip the rest of its work
+        aux, at_eos = {}, encoder_at(x, p["layers"], eos, **kw)
+    pooled = layer_norm(at_eos, p["final_ln"], t.layer_norm_eps)
     projected = pooled @ p["projection"]
     aux.update(pooled=pooled, projected=projected, eos=eos)
     return _unit(projected), aux

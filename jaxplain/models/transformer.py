@@ -106,3 +106,40 @@ def encoder(
         return h, {}
     hs, probs = stacked
     return h, {"tokens": jnp.concatenate([x[None], hs], axis=0), "attention": probs}
+
+
+def last_block_at(h: jax.Array, lp: Params, pos: jax.Array, *, num_heads: int, act: str, eps: float, causal: bool):
+    """The last block's output at one token per sequence, ``[..., D]``, from its input ``h`` ``[..., T, D]``.
+
+    A pooled embedding reads the last block at one token (the class token, or the end-of-text
+    token), so only that token's query, attention output and MLP are needed — keys and values are
+    still computed for every token. ``pos`` ``[...]`` is that token's index; with ``causal`` it
+    attends to tokens up to ``pos``, as in the full causal block.
+    """
+    *batch, t, d = h.shape
+    hd = d // num_heads
+    x = layer_norm(h, lp["ln1"], eps)
+    take = lambda a: jnp.take_along_axis(a, pos[..., None, None], axis=-2)[..., 0, :]  # noqa: E731
+    q = dense(take(x), lp["attn"]["q"]).reshape(*batch, num_heads, hd)
+    k = dense(x, lp["attn"]["k"]).reshape(*batch, t, num_heads, hd)
+    v = dense(x, lp["attn"]["v"]).reshape(*batch, t, num_heads, hd)
+    ft = at_least_f32(h.dtype)
+    logits = jnp.einsum("...hd,...khd->...hk", q, k).astype(ft) * (hd**-0.5)
+    if causal:
+        visible = jnp.arange(t) <= pos[..., None]  # [..., T]
+        logits = jnp.where(visible[..., None, :], logits, jnp.finfo(ft).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(h.dtype)
+    out = jnp.einsum("...hk,...khd->...hd", probs, v).reshape(*batch, d)
+    y = take(h) + dense(out, lp["attn"]["out"])
+    return y + dense(activation(act)(dense(layer_norm(y, lp["ln2"], eps), lp["mlp"]["fc1"])), lp["mlp"]["fc2"])
+
+
+def encoder_at(
+    x: jax.Array, layers: Params, pos: jax.Array, *, num_heads: int, act: str, eps: float, mask: jax.Array | None
+) -> jax.Array:
+    """The encoder's final output at one token per sequence ``[..., D]``: equal to
+    ``encoder(x, ...)[0]`` at ``pos``, without the last block's work on the other tokens."""
+    first = jax.tree.map(lambda a: a[:-1], layers)
+    last = jax.tree.map(lambda a: a[-1], layers)
+    h, _ = encoder(x, first, num_heads=num_heads, act=act, eps=eps, mask=mask)
+    return last_block_at(h, last, pos, num_heads=num_heads, act=act, eps=eps, causal=mask is not None)
