@@ -46,7 +46,7 @@ class SolverConfig:
       tol: a pair is converged (and stops) once its gradient norm falls below this.
     """
 
-    steps: int = 200
+    steps: int = 100
     learning_rate: float = 0.03
     penalty: float = 200.0
     # Real items that reach an outcome usually lie well inside its region (inside another class's
