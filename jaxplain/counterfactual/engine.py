@@ -43,6 +43,7 @@ class Counterfactual:
     distance: float  # ‖x − u0‖ between unit embeddings
     score: float  # u·v (similarity outcomes) or p_c (class outcomes) under the model
     predicted: str | None  # the item's zero-shot class, where classes are given
+    confidence: float | None  # the probability of that class
     margin: float  # the wanted outcome's margin at the item (positive: reached)
     label: int | None = None  # the bank's own label for the item, if it has labels
 
@@ -312,6 +313,7 @@ def _pair_result(i, side, problem: Problem, bank, ver: Verified, m0, s0, pred0) 
                     distance=float(ver.distance[i, r]),
                     score=float(ver.score[i, r]),
                     predicted=names[int(ver.predicted[i, r])] if names else None,
+                    confidence=float(ver.confidence[i, r]) if names else None,
                     margin=float(ver.margin[i, r]),
                     label=None if labels is None else int(labels[row]),
                 )

@@ -33,6 +33,7 @@ class Verified(NamedTuple):
       margin: ``[N, top]`` the wanted outcome's margin at each item (positive: reached).
       score: ``[N, top]`` the item's score under the model (``u·v`` or ``p_c``).
       predicted: ``[N, top]`` the item's zero-shot class (``argmax z``).
+      confidence: ``[N, top]`` the probability of that class.
       valid: ``[N, top]`` whether the slot holds a valid counterfactual.
     """
 
@@ -41,6 +42,7 @@ class Verified(NamedTuple):
     margin: jax.Array
     score: jax.Array
     predicted: jax.Array
+    confidence: jax.Array
     valid: jax.Array
 
 
@@ -59,6 +61,7 @@ def _rank(ids, x_scores, u0_dist, goal, scale, exclude, top):
         margin=pick(m),
         score=pick(reported_score(sim, z, goal)),
         predicted=pick(jnp.argmax(z, axis=-1)),
+        confidence=pick(jax.nn.softmax(z, axis=-1).max(-1)),
         valid=valid,
     )
 
@@ -149,6 +152,7 @@ def _exhaustive(bank, u0, goal, anchor, classes, scale, exclude, top, chunk):
         margin=jnp.zeros((n, top), u0.dtype),
         score=jnp.zeros((n, top), u0.dtype),
         predicted=jnp.zeros((n, top), jnp.int32),
+        confidence=jnp.zeros((n, top), u0.dtype),
         valid=jnp.zeros((n, top), bool),
     )
     best, _ = jax.lax.scan(body, empty, jnp.arange(n_chunks))

@@ -1,0 +1,1 @@
+"""Pictures: the self-contained HTML report of explained decisions."""
