@@ -60,3 +60,44 @@ def test_report_is_self_contained(demo):
     assert not re.search(r'(src|href)="(?!data:)', html)  # every image inlined, nothing fetched
     assert html.count("data:image/png;base64,") >= 3 * (1 + 3 + 3)
     assert "other class found" in html and "fashion-clip" in html
+
+
+def test_demo_with_own_images_and_a_saved_bank(tmp_path):
+    from PIL import Image
+
+    images, _ = fashion_mnist.load_shipped_test()
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for i in range(40):
+        Image.fromarray(images[i]).save(folder / f"{i:02d}.png")
+    bank_dir = tmp_path / "bank"
+    assert main(["bank", "build", "--model", "fashion-clip", "--images", str(folder), "--out", str(bank_dir)]) == 0
+    (tmp_path / "caps.txt").write_text("a photo of a shoe\na photo of a bag\na photo of a dress\n")
+    out = tmp_path / "demo"
+    classes = ",".join(CLASSES)
+    args = [
+        "demo",
+        "--out",
+        str(out),
+        "--images",
+        str(folder),
+        "--classes",
+        classes,
+        "--texts",
+        str(tmp_path / "caps.txt"),
+    ]
+    assert main([*args, "--bank", str(bank_dir), "--n", "2"]) == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    html = (out / "report.html").read_text()
+    assert len(records) == 2 and all(r["label"] is None for r in records)
+    for r in records:
+        for c in r["other_class"]["counterfactuals"]:
+            assert c["item"].startswith(str(folder)) and c["predicted"] != r["predicted"]
+            assert f'data-bank-id="{c["bank_id"]}"' in html
+
+
+def test_demo_errors(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--images", str(tmp_path)]) == 2
+    assert "name the classes with --classes" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path), "--n", "0"]) == 2
+    assert "--n must be at least 1" in capsys.readouterr().err

@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--images", metavar="DIR", help="your own images (the sample is drawn from them; they are the bank)")
     p.add_argument("--classes", help="comma-separated class names (needed with --images)")
     p.add_argument("--texts", metavar="FILE", help="your own caption bank, one caption per line")
+    p.add_argument("--bank", metavar="BANK", help="a saved image bank (`jaxplain bank build`) to retrieve from")
     p.add_argument("--n", type=int, default=8, help="images to explain (default 8)")
     p.add_argument("--seed", type=int, default=0, help="which images are drawn (default 0)")
     p.set_defaults(func=run)
@@ -74,7 +75,14 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--n must be at least 1")
     data = _data(args)
     model = load(args.model)
-    records, summary, _, _ = run_demo(model, data, n=args.n, seed=args.seed)
+    bank = None
+    if args.bank:
+        from jaxplain.counterfactual import Bank
+
+        bank = Bank.load(args.bank, model=model)
+        if bank.kind != "image":
+            raise InputError(f"--bank {args.bank}: a {bank.kind} bank; the demo retrieves images")
+    records, summary, image_bank, _ = run_demo(model, data, n=args.n, seed=args.seed, image_bank=bank)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "results.jsonl").open("w", encoding="utf-8") as f:
@@ -82,7 +90,12 @@ def run(args: argparse.Namespace) -> int:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
     def image_of(ref):
-        return data.images[ref["bank_row"] if isinstance(ref, dict) else ref]
+        if not isinstance(ref, dict):
+            return data.images[ref]
+        if bank is None:  # the bank was built from data.images, row for row
+            return data.images[ref["bank_row"]]
+        item = Path(image_bank.items[ref["bank_row"]])  # a saved bank: show the file if it is there
+        return item if item.is_file() else None
 
     (out / "report.html").write_text(render(records, summary, image_of), encoding="utf-8")
     found = summary["found"]

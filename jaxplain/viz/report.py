@@ -71,6 +71,7 @@ def _gallery(cfs: list[dict], image_of: Callable[[dict], Any], status: str) -> s
     for c in cfs:
         img = image_of(c)
         pic = f'<img src="{data_uri(img)}" width="{THUMB}" alt="{_esc(c["bank_id"])}">' if img is not None else ""
+        pic = pic or f'<div class="muted">{_esc(c["item"])}</div>'  # no file to show: name the item
         label = f" · label {_esc(c['label_name'])}" if c.get("label_name") else ""
         cells.append(
             f'<div class="cf" data-bank-id="{_esc(c["bank_id"])}">{pic}<div class="p">{_esc(c["predicted"])} '
