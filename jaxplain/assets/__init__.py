@@ -9,6 +9,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+DEFAULT_MODEL = "fashion-clip"  # the model the commands use when none is named
+
 
 def assets_dir() -> Path:
     """The folder of jaxplain's shipped data files."""

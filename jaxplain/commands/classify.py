@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxplain.assets import DEFAULT_MODEL
 from jaxplain.commands.common import EXIT_BAD_ITEMS, EXIT_OK, encode_stream, read_lines, report
 from jaxplain.errors import InputError
-
-DEFAULT_MODEL = "fashion-clip"
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -7,10 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from jaxplain.assets import DEFAULT_MODEL
 from jaxplain.commands.common import EXIT_OK, read_lines
 from jaxplain.errors import InputError
-
-DEFAULT_MODEL = "fashion-clip"
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
