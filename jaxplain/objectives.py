@@ -115,21 +115,52 @@ def reported_score(sim: jax.Array, z: jax.Array, goal: Goal) -> jax.Array:
     return jnp.where(goal.kind <= SIM_BELOW, sim, p)
 
 
-def retrieval_level(query: np.ndarray, bank: np.ndarray, k: int, exclude: int | None = None) -> float:
-    """The similarity level that separates the top-``k`` for ``query`` among ``bank`` from the rest.
+def retrieval_levels(
+    queries: np.ndarray, bank: np.ndarray, ks: np.ndarray, exclude: np.ndarray | None = None, chunk: int = 256
+) -> np.ndarray:
+    """The similarity level that separates the top-``k`` for each query among ``bank`` from the rest.
 
     With ``o_i`` the i-th highest score of the bank (less the original item ``exclude``), a candidate
     from the bank ranks within the top ``k`` iff its score is at least ``o_k`` and outside iff at most
     ``o_{k+1}``. The level is their midpoint, so *enter* is ``SIM_ABOVE`` and *leave* ``SIM_BELOW`` at
     it, and the float32 noise of recomputing a score cannot move an item across.
+
+    Args:
+      queries: ``[R, E]`` query embeddings; bank: ``[M, E]``.
+      ks: ``[R]`` the k of each query.
+      exclude: ``[R]`` a bank row per query left out of the ranking, or ``-1``.
+      chunk: queries scored at once (memory ``chunk × M``).
+
+    Returns:
+      ``[R]`` float levels.
     """
-    s = np.asarray(bank, np.float32) @ np.asarray(query, np.float32)
-    if exclude is not None:
-        s = np.delete(s, exclude)
-    if k < 1 or k >= len(s):
-        raise InputError(f"top-{k}: the bank has only {len(s)} items to rank")
-    s = -np.sort(-s)
-    return float((s[k - 1] + s[k]) / 2)
+    bank = np.asarray(bank, np.float32)
+    queries = np.asarray(queries, np.float32)
+    ks = np.asarray(ks, np.int64)
+    exclude = np.full(len(queries), -1) if exclude is None else np.asarray(exclude)
+    size = len(bank) - (exclude >= 0)
+    bad = (ks < 1) | (ks >= size)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InputError(f"top-{ks[i]}: the bank has only {size[i]} items to rank")
+    levels = np.empty(len(queries), np.float32)
+    for k in np.unique(ks):
+        rows = np.flatnonzero(ks == k)
+        for start in range(0, len(rows), chunk):
+            r = rows[start : start + chunk]
+            s = queries[r] @ bank.T
+            mine = exclude[r] >= 0
+            s[np.flatnonzero(mine), exclude[r][mine]] = -np.inf  # last in the order: as if removed
+            # Only the k-th and (k+1)-th highest are needed: a partition, not a sort.
+            top = -np.partition(-s, (k - 1, k), axis=1)
+            levels[r] = (top[:, k - 1] + top[:, k]) / 2
+    return levels
+
+
+def retrieval_level(query: np.ndarray, bank: np.ndarray, k: int, exclude: int | None = None) -> float:
+    """:func:`retrieval_levels` for one query."""
+    excl = None if exclude is None else np.asarray([exclude])
+    return float(retrieval_levels(np.asarray(query)[None], bank, np.asarray([k]), excl)[0])
 
 
 @dataclasses.dataclass(frozen=True)

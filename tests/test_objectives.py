@@ -18,6 +18,7 @@ from jaxplain.objectives import (
     margin,
     reported_score,
     retrieval_level,
+    retrieval_levels,
     scores,
 )
 
@@ -117,3 +118,20 @@ def test_smooth_margins_never_exceed_the_exact_ones():
         for kind in (CLASS_WINS, CLASS_LOSES):
             goal = Goal(np.int32(kind), np.int32(rng.randint(6)), np.float32(0))
             assert float(margin(0.0, z, goal, 2.0, smooth=True)) <= float(margin(0.0, z, goal, 2.0)) + 1e-6
+
+
+def test_retrieval_levels_in_a_batch_equal_sorting_each():
+    rng = np.random.RandomState(3)
+    bank = rng.randn(700, 8).astype(np.float32)
+    queries = rng.randn(9, 8).astype(np.float32)
+    ks = np.array([1, 5, 5, 2, 699, 1, 5, 3, 698])
+    exclude = np.array([-1, 4, -1, 10, -1, 0, 699, -1, 3])
+    got = retrieval_levels(queries, bank, ks, exclude, chunk=2)
+    for q, k, x, level in zip(queries, ks, exclude, got):
+        s = bank @ q
+        if x >= 0:
+            s = np.delete(s, x)
+        s = -np.sort(-s)
+        assert level == pytest.approx((s[k - 1] + s[k]) / 2, abs=1e-5)  # gemm vs gemv rounding
+    with pytest.raises(InputError, match="top-699: the bank has only 699 items"):
+        retrieval_levels(queries[:1], bank, [699], np.array([5]))

@@ -22,7 +22,7 @@ from jaxplain.counterfactual.solver import SolverConfig, solve_targets
 from jaxplain.counterfactual.verify import Verified, exhaustive, verify
 from jaxplain.errors import InputError
 from jaxplain.models.bundle import Model
-from jaxplain.objectives import SIM_ABOVE, SIM_BELOW, Goal, Want, margin, reported_score, retrieval_level, scores
+from jaxplain.objectives import SIM_ABOVE, SIM_BELOW, Goal, Want, margin, reported_score, retrieval_levels, scores
 from jaxplain.zeroshot import DEFAULT_TEMPLATES, class_embeddings
 
 PAIR_CHUNK = 1024  # pairs verified at once: bounds the [pairs, candidates, E] gather
@@ -149,13 +149,14 @@ def build_problem(
     cls_emb = class_embeddings(model, class_names, templates) if needs_classes else u0[:1]
     scale = model.logit_scale
     order = np.argsort(-(u0 @ cls_emb.T), axis=1)
+    ranked = [i for i, w in enumerate(wants) if w.kind in ("top", "not-top")]
+    if ranked and txt is None:
+        raise InputError(f"pair {ranked[0]}: {wants[ranked[0]]} ranks the image for the pair's text; give texts")
+    levels = dict(zip(ranked, retrieval_levels(anchor[ranked], bank.embeddings, [int(wants[i].value) for i in ranked])))
     rows = []
     for i, w in enumerate(wants):
         if w.kind in ("top", "not-top"):
-            if txt is None:
-                raise InputError(f"pair {i}: {w} ranks the image for the pair's text; give texts")
-            level = retrieval_level(anchor[i], bank.embeddings, int(w.value))
-            rows.append((SIM_ABOVE if w.kind == "top" else SIM_BELOW, 0, level))
+            rows.append((SIM_ABOVE if w.kind == "top" else SIM_BELOW, 0, levels[i]))
         else:
             runner = int(order[i, 1]) if order.shape[1] > 1 else None
             if w.kind == "runner-up" and runner is None:
