@@ -47,7 +47,12 @@ def patchify(pixels: jax.Array, patch_size: int) -> jax.Array:
 
 
 def image_forward(
-    params: Params, pixels: jax.Array, config: ClipConfig, *, collect: bool = False
+    params: Params,
+    pixels: jax.Array,
+    config: ClipConfig,
+    *,
+    collect: bool = False,
+    taps: dict[str, jax.Array] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Encode preprocessed images.
 
@@ -56,6 +61,8 @@ def image_forward(
       pixels: ``[N, C, H, W]`` normalised pixels with ``H == W == config.vision.image_size``.
       config: the model config (static).
       collect: also return per-layer tokens and attention maps.
+      taps: additive interventions on the encoder's block inputs and attention maps, for gradients
+        of intermediates (see :func:`jaxplain.models.transformer.encoder`).
 
     Returns:
       ``(embedding [N, E], intermediates)``.
@@ -69,7 +76,9 @@ def image_forward(
     cls = jnp.broadcast_to(p["class_embedding"], (x.shape[0], 1, x.shape[-1]))
     x = jnp.concatenate([cls, x], axis=1) + p["position_embedding"]
     x = layer_norm(x, p["pre_ln"], v.layer_norm_eps)
-    h, aux = encoder(x, p["layers"], num_heads=v.num_heads, act=v.hidden_act, eps=v.layer_norm_eps, collect=collect)
+    h, aux = encoder(
+        x, p["layers"], num_heads=v.num_heads, act=v.hidden_act, eps=v.layer_norm_eps, collect=collect, taps=taps
+    )
     aux = _batch_first(aux)
     pooled = layer_norm(h[:, 0], p["post_ln"], v.layer_norm_eps)
     projected = pooled @ p["projection"]
@@ -100,6 +109,7 @@ def text_forward(
     *,
     token_embeds: jax.Array | None = None,
     collect: bool = False,
+    taps: dict[str, jax.Array] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Encode tokenised texts.
 
@@ -111,6 +121,8 @@ def text_forward(
       token_embeds: optional ``[N, T, D]`` input embeddings used instead of looking up
         ``token_ids`` (for attributions over words).
       collect: also return per-layer tokens and attention maps.
+      taps: additive interventions on the encoder's block inputs and attention maps, for gradients
+        of intermediates (see :func:`jaxplain.models.transformer.encoder`).
 
     Returns:
       ``(embedding [N, E], intermediates)``; intermediates also hold ``"eos"`` ``[N]``.
@@ -124,8 +136,8 @@ def text_forward(
     causal = jnp.tril(jnp.ones((length, length), dtype=bool))
     kw = dict(num_heads=t.num_heads, act=t.hidden_act, eps=t.layer_norm_eps, mask=causal)
     eos = eos_positions(token_ids, config)
-    if collect:
-        h, aux = encoder(x, p["layers"], collect=True, **kw)
+    if collect or taps is not None:
+        h, aux = encoder(x, p["layers"], collect=collect, taps=taps, **kw)
         aux, at_eos = _batch_first(aux), h[jnp.arange(n), eos]
     else:  # only the end-of-text token of the last layer is pooled: skip the rest of its work
         aux, at_eos = {}, encoder_at(x, p["layers"], eos, **kw)

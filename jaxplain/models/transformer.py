@@ -48,7 +48,9 @@ def dense(x: jax.Array, p: Params) -> jax.Array:
     return x @ p["kernel"] + p["bias"]
 
 
-def attention(x: jax.Array, p: Params, num_heads: int, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+def attention(
+    x: jax.Array, p: Params, num_heads: int, mask: jax.Array | None, probs_tap: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
     """Multi-head self-attention.
 
     Args:
@@ -56,6 +58,8 @@ def attention(x: jax.Array, p: Params, num_heads: int, mask: jax.Array | None) -
       p: ``{"q", "k", "v", "out"}`` dense params.
       num_heads: heads; ``D`` must divide by it.
       mask: ``[T, T]`` booleans, True where a query may attend to a key; None for full attention.
+      probs_tap: optional ``[..., H, T, T]`` added to the attention probabilities; with zeros, the
+        gradient with respect to it is the gradient with respect to the attention maps.
 
     Returns:
       the attended tokens ``[..., T, D]`` and the attention probabilities ``[..., H, T, T]``.
@@ -72,6 +76,8 @@ def attention(x: jax.Array, p: Params, num_heads: int, mask: jax.Array | None) -
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(ft).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
+    if probs_tap is not None:
+        probs = probs + probs_tap
     out = jnp.einsum("...hqk,...khd->...qhd", probs, v).reshape(*batch, t, d)
     return dense(out, p["out"]), probs
 
@@ -85,23 +91,34 @@ def encoder(
     eps: float,
     mask: jax.Array | None = None,
     collect: bool = False,
+    taps: dict[str, jax.Array] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Pre-norm transformer blocks, scanned over the stacked ``layers`` params.
+
+    ``taps`` are additive interventions for reading gradients of intermediates without hooks:
+    ``{"tokens": [L, ..., T, D]}`` is added to each block's input and ``{"attention": [L, ..., H, T,
+    T]}`` to each block's attention probabilities (either key may be absent). Taps of zeros leave the
+    output unchanged, and the gradient with respect to a tap is the gradient with respect to that
+    intermediate.
 
     Returns the final tokens ``[..., T, D]`` and, when ``collect`` is set, a dict with
     ``"tokens"`` ``[L + 1, ..., T, D]`` (the encoder input, then each block's output) and
     ``"attention"`` ``[L, ..., H, T, T]``; otherwise an empty dict.
     """
     act_fn = activation(act)
+    taps = taps or {}
 
-    def block(h, lp):
-        a, probs = attention(layer_norm(h, lp["ln1"], eps), lp["attn"], num_heads, mask)
+    def block(h, xs):
+        lp, tap = xs
+        if "tokens" in tap:
+            h = h + tap["tokens"]
+        a, probs = attention(layer_norm(h, lp["ln1"], eps), lp["attn"], num_heads, mask, tap.get("attention"))
         h = h + a
         m = dense(act_fn(dense(layer_norm(h, lp["ln2"], eps), lp["mlp"]["fc1"])), lp["mlp"]["fc2"])
         h = h + m
         return h, ((h, probs) if collect else None)
 
-    h, stacked = jax.lax.scan(block, x, layers)
+    h, stacked = jax.lax.scan(block, x, (layers, taps))
     if not collect:
         return h, {}
     hs, probs = stacked

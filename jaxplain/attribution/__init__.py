@@ -1,0 +1,28 @@
+"""Feature importance: which patches and pixels of an image, and which words of a text, drove a score.
+
+:func:`attribute` is the one calling convention; each method lives in its own module as pure
+functions ``image_<method>`` / ``text_<method>(config, scoring, inputs, target, **options)``:
+
+===================  =============================================  ===============
+method               module                                         sides
+===================  =============================================  ===============
+``gradient``         :mod:`~jaxplain.attribution.gradient`          image
+``gradient_x_input`` :mod:`~jaxplain.attribution.gradient`          image, text
+``ig``               :mod:`~jaxplain.attribution.integrated`        image, text
+``smoothgrad``       :mod:`~jaxplain.attribution.gradient`          image, text
+``gradcam``          :mod:`~jaxplain.attribution.gradcam`           image
+``rollout``          :mod:`~jaxplain.attribution.rollout`           image, text
+``chefer``           :mod:`~jaxplain.attribution.relevance`         image, text
+``occlusion``        :mod:`~jaxplain.attribution.occlusion`         image, text
+``rise``             :mod:`~jaxplain.attribution.rise`              image
+``random``           (a baseline for the metrics)                   image, text
+===================  =============================================  ===============
+
+Targets (what is explained) are described in :mod:`~jaxplain.attribution.targets`.
+"""
+
+from jaxplain.attribution.api import METHODS, Attribution, Method, attribute, methods_for
+from jaxplain.attribution.core import Scoring
+from jaxplain.attribution.targets import Target, TargetSpec
+
+__all__ = ["METHODS", "Attribution", "Method", "Scoring", "Target", "TargetSpec", "attribute", "methods_for"]
