@@ -6,11 +6,14 @@ The public API::
     u = model.encode_images(["cat.png"])             # [N, E] unit-norm
     v = model.encode_texts(["a photo of a cat"])     # [N, E]
     p = jaxplain.classify(model, images, ["cat", "dog"])
+    a = jaxplain.attribute(model, images, texts, method="ig")      # which patches drove u·v
+    r = jaxplain.counterfactuals(model, images, texts, want="other-class", bank=bank, classes=names)
 
 and, for functional research code, the pure functions in :mod:`jaxplain.models`
 (``image_forward(params, pixels, config)``, ``text_forward(params, ids, config)``).
 """
 
+from jaxplain.attribution import Attribution, attribute
 from jaxplain.counterfactual import Bank, SolverConfig, build_bank, counterfactuals
 from jaxplain.errors import CheckpointError, InputError, JaxplainError, ModelNotFoundError
 from jaxplain.models import (
@@ -30,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_TEMPLATES",
+    "Attribution",
     "Bank",
     "CheckpointError",
     "ClipConfig",
@@ -39,6 +43,7 @@ __all__ = [
     "ModelNotFoundError",
     "SolverConfig",
     "Want",
+    "attribute",
     "build_bank",
     "class_embeddings",
     "classify",

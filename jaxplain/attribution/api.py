@@ -113,6 +113,7 @@ class Attribution:
       targets: per pair, the resolved target (``predicted`` replaced by the class name).
       score: ``[N]`` the target's value at the input.
       delta: ``[N]`` for Integrated Gradients, ``Σ attributions − (f(x) − f(baseline))``; else None.
+      baseline_score: ``[N]`` for Integrated Gradients, the target's value at the baseline.
       patches: image side, ``[N, g, g]`` patch scores.
       pixels: image side, ``[N, H, W]`` pixel map.
       tokens: text side, ``[N, T]`` per-token scores (0 outside the words).
@@ -128,6 +129,7 @@ class Attribution:
     score: np.ndarray
     inputs: np.ndarray
     delta: np.ndarray | None = None
+    baseline_score: np.ndarray | None = None
     patches: np.ndarray | None = None
     pixels: np.ndarray | None = None
     tokens: np.ndarray | None = None
@@ -351,6 +353,7 @@ def attribute(
         score=merged["score"],
         inputs=x,
         delta=merged.get("delta"),
+        baseline_score=merged.get("baseline_score"),
     )
     if side == "image":
         result.patches, result.pixels = merged["patches"], merged["pixels"]

@@ -31,7 +31,8 @@ def rise_masks(key: jax.Array, count: int, cells: int, size: int, p: float) -> j
     grids = jax.random.bernoulli(kg, p, (count, cells, cells)).astype(jnp.float32)
     up = jax.image.resize(grids, (count, big, big), method="bilinear")
     shifts = jax.random.randint(ks, (count, 2), 0, cell)
-    return jax.vmap(lambda m, s: jax.lax.dynamic_slice(m, (s[0], s[1]), (size, size)))(up, shifts)
+    crops = jax.vmap(lambda m, s: jax.lax.dynamic_slice(m, (s[0], s[1]), (size, size)))(up, shifts)
+    return jnp.clip(crops, 0.0, 1.0)  # bilinear resizing may overshoot 1 by a rounding error
 
 
 def image_rise(
