@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from jaxplain.commands import bank, classify, demo, embed, explain
+from jaxplain.commands import bank, classify, demo, embed, evaluate, explain
 from jaxplain.commands.common import EXIT_ERROR
 from jaxplain.errors import JaxplainError
 from jaxplain.train import command as train
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Explain the decisions of CLIP-style vision-language models at scale, in JAX.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (bank, classify, demo, embed, explain, train):
+    for command in (bank, classify, demo, embed, evaluate, explain, train):
         command.register(sub)
     return parser
 

@@ -269,8 +269,11 @@ def test_completeness_sums_every_non_leading_axis():
 
 
 def test_rank():
-    # ascending: −1 (feature 3), 0.1 (1), then the tie 0.3 in index order (0 before 2)
-    np.testing.assert_array_equal(rank(np.array([[0.3, 0.1, 0.3, -1.0]])), [[2, 1, 3, 0]])
+    # ascending: −1 (feature 3) is 0, 0.1 (1) is 1, and the tie 0.3 shares places 2 and 3: 2.5 each
+    np.testing.assert_array_equal(rank(np.array([[0.3, 0.1, 0.3, -1.0]])), [[2.5, 1, 2.5, 0]])
+    # only valid features are ranked: 0.3, 0.1, −1 among features 0, 1, 3 → 2, 1, 0 (feature 2 ignored)
+    valid = np.array([[True, True, False, True]])
+    np.testing.assert_array_equal(rank(np.array([[0.3, 0.1, 0.3, -1.0]]), valid), [[2, 1, 0, 0]])
 
 
 @pytest.mark.parametrize(
@@ -285,11 +288,24 @@ def test_rank():
         ([2, 2, 2, 2], [1, 2, 3, 4], 0.0),  # constant row
         ([1, 2, 3, 4], [7, 7, 7, 7], 0.0),
         ([5], [3], 0.0),  # one feature
-        ([1, 1, 2], [0, 1, 2], 1.0),  # ordinal ranks: the tie 1, 1 is ranked 0, 1 by index
+        # ties averaged: ranks 0.5, 0.5, 2 against 0, 1, 2 → centred −.5, −.5, 1 and −1, 0, 1:
+        # Σ = .5 + 0 + 1 = 1.5, √(1.5 · 2) = √3 → ρ = 1.5 / √3
+        ([1, 1, 2], [0, 1, 2], 1.5 / math.sqrt(3)),
+        ([0, 0, 0, 1], [0, 0, 0, 1], 1.0),
     ],
 )
 def test_spearman(a, b, rho):
     np.testing.assert_allclose(spearman(np.array([a], float), np.array([b], float)), [rho], atol=1e-6)
+
+
+def test_spearman_on_valid_features_only():
+    a = np.array([[1.0, 2.0, 3.0, 4.0, 9.0]])
+    b = np.array([[1.0, 3.0, 2.0, 4.0, -9.0]])
+    valid = np.array([[True, True, True, True, False]])
+    np.testing.assert_allclose(spearman(a, b, valid), [0.8], atol=1e-6)  # as [1, 2, 3, 4] vs [1, 3, 2, 4]
+    np.testing.assert_allclose(contrastivity(a, b, valid), [0.1], atol=1e-6)
+    one = np.array([[True, False, False, False, False]])
+    np.testing.assert_allclose(spearman(a, b, one), [0.0])  # a single valid feature carries no order
 
 
 def test_spearman_batched_and_flattened():
@@ -520,3 +536,20 @@ def test_cascade_compiles_once(params, caplog):
             for top in range(4):
                 randomise_layers(params, key, tower, top=top)
     assert not [r for r in caplog.records if "Compiling" in r.getMessage()]
+
+
+def test_step_masks_with_valid_features_per_row():
+    # row 0: features 1..3 valid (3 words), ranked 2 > 3 > 1; row 1: features 0..1 valid, ranked 0 > 1
+    attr = jnp.asarray([[9.0, 0.1, 0.9, 0.5], [0.3, 0.2, 7.0, 7.0]])
+    valid = jnp.asarray([[False, True, True, True], [True, True, False, False]])
+    m = np.asarray(step_masks(attr, 2, 1.0, "deletion", valid=valid))
+    # row 0: n_k = ⌊k/2·3 + ½⌋ = 0, 2, 3 → step 1 deletes features 2 and 3; invalid feature 0 always kept
+    np.testing.assert_array_equal(m[0], [[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+    # row 1: n_k = ⌊k/2·2 + ½⌋ = 0, 1, 2
+    np.testing.assert_array_equal(m[1], [[1, 1, 1, 1], [0, 1, 1, 1], [0, 0, 1, 1]])
+    ins = np.asarray(step_masks(attr, 2, 1.0, "insertion", valid=valid))
+    np.testing.assert_array_equal(ins[0], [[1, 0, 0, 0], [1, 0, 1, 1], [1, 1, 1, 1]])
+    np.testing.assert_array_equal(ins[1], [[0, 0, 1, 1], [1, 0, 1, 1], [1, 1, 1, 1]])
+    # all valid: the same masks as without ``valid``
+    full = jnp.ones_like(valid)
+    np.testing.assert_array_equal(step_masks(attr, 3, 0.5, "deletion", valid=full), step_masks(attr, 3, 0.5))

@@ -86,7 +86,7 @@ def image_ig(
     baseline: jax.Array | float = 0.0,
     steps: int = 50,
     rule: str = "gausslegendre",
-    budget: int = 256,
+    budget: int = 128,
 ) -> dict:
     """Integrated Gradients over pixels. ``baseline``: normalised pixels ``[N, 3, H, W]`` or a number
     (0 is the dataset's mean colour). Returns pixel map, patch sums, ``score`` = f(x), ``baseline_score``

@@ -53,7 +53,13 @@ def step_counts(steps: int, fraction: float, num_features: int) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "fraction", "mode"))
-def step_masks(attribution: jax.Array, steps: int, fraction: float = 1.0, mode: str = "deletion") -> jax.Array:
+def step_masks(
+    attribution: jax.Array,
+    steps: int,
+    fraction: float = 1.0,
+    mode: str = "deletion",
+    valid: jax.Array | None = None,
+) -> jax.Array:
     """Masks for a deletion or insertion curve; 1 keeps a feature's original value, 0 puts in the baseline.
 
     At step ``k`` (``0 … steps``) the ``n_k`` most important features (see :func:`step_counts`) are
@@ -65,6 +71,9 @@ def step_masks(attribution: jax.Array, steps: int, fraction: float = 1.0, mode: 
       steps: number of steps after the unperturbed one, ≥ 1 (static).
       fraction: share of the features perturbed at the last step, in ``(0, 1]`` (static).
       mode: ``"deletion"`` or ``"insertion"`` (static).
+      valid: optional ``[N, F]`` booleans: only these features are ranked and perturbed, and ``F`` in
+        ``n_k`` becomes each row's count of valid features (e.g. the word tokens of texts of different
+        lengths); the others keep their value at every step, in both modes.
 
     Returns:
       ``[N, steps + 1, F]`` float32.
@@ -74,9 +83,18 @@ def step_masks(attribution: jax.Array, steps: int, fraction: float = 1.0, mode: 
     attribution = jnp.asarray(attribution)
     if attribution.ndim != 2:
         raise ValueError(f"attribution must be [N, F], got shape {attribution.shape}")
-    counts = jnp.asarray(step_counts(steps, fraction, attribution.shape[-1]))
-    perturbed = _positions(attribution)[:, None, :] < counts[None, :, None]
-    keep = ~perturbed if mode == "deletion" else perturbed
+    if valid is None:
+        counts = jnp.asarray(step_counts(steps, fraction, attribution.shape[-1]))[None, :, None]
+        perturbed = _positions(attribution)[:, None, :] < counts
+        keep = ~perturbed if mode == "deletion" else perturbed
+        return keep.astype(jnp.float32)
+    step_counts(steps, fraction, 1)  # validates steps and fraction
+    valid = jnp.asarray(valid, bool)
+    ranked = jnp.where(valid, attribution.astype(jnp.float32), -jnp.inf)  # invalid features rank last
+    k = jnp.arange(steps + 1, dtype=jnp.float32)
+    counts = jnp.floor(k[None] * fraction * valid.sum(-1, keepdims=True) / steps + 0.5)[:, :, None]
+    perturbed = (_positions(ranked)[:, None, :] < counts) & valid[:, None, :]
+    keep = ~perturbed if mode == "deletion" else perturbed | ~valid[:, None, :]
     return keep.astype(jnp.float32)
 
 
