@@ -3,8 +3,11 @@
 :func:`run_demo` classifies a sample of images zero-shot and, for each, finds image-side
 counterfactuals (the nearest real images the model would put in another class, and in its second
 choice in particular) and text-side ones (the nearest captions that would lower or raise the image's
-score against the prompt of its predicted class). Everything is verified by the model; the result is
-plain records that :mod:`jaxplain.viz.report` renders.
+score against the prompt of its predicted class). It also attributes the decision to pixels and words
+with Integrated Gradients: what drove the predicted class's probability, what made it win over the
+runner-up (their logit difference), and which words of the prompt drove the image–text similarity.
+Everything is verified by the model; the result is plain records that :mod:`jaxplain.viz.report`
+renders.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxplain.attribution import attribute
 from jaxplain.counterfactual import Bank, build_bank, counterfactuals
 from jaxplain.models.bundle import Model
 from jaxplain.zeroshot import DEFAULT_TEMPLATES, class_embeddings, zero_shot_probs
@@ -62,6 +66,20 @@ def _with_labels(rec: dict, bank: Bank, classes: Sequence[str]) -> dict:
     return rec
 
 
+IG_STEPS = 64
+
+
+def _pixel_record(a, j: int) -> dict:
+    return {
+        "target": a.targets[j],
+        "score": float(a.score[j]),
+        "baseline_score": float(a.baseline_score[j]),
+        "delta": float(a.delta[j]),
+        "patches": np.round(a.patches[j], 6).tolist(),
+        "pixels": np.round(a.pixels[j], 6).tolist(),
+    }
+
+
 def run_demo(
     model: Model,
     data: DemoData,
@@ -99,6 +117,13 @@ def run_demo(
     down = counterfactuals(model, sample, texts, want=[f"similarity<={x}" for x in lower], bank=text_bank, side="text")
     up = counterfactuals(model, sample, texts, want=[f"similarity>={x}" for x in higher], bank=text_bank, side="text")
 
+    # Feature importance: which pixels drove the decision, and which words of the prompt.
+    pixels = model.preprocess(sample)
+    ig = dict(method="ig", steps=IG_STEPS, classes=classes)
+    why = attribute(model, pixels, target="prob:predicted", **ig)
+    versus = attribute(model, pixels, target="contrast:predicted vs runner-up", **ig)
+    words = attribute(model, pixels, texts, side="text", target="similarity", method="ig", steps=IG_STEPS)
+
     records = []
     for j, i in enumerate(rows):
         second = int(np.argsort(-probs[j])[1])
@@ -119,6 +144,13 @@ def run_demo(
                 "raise_level": float(higher[j]),
                 "lower": down.pairs[j].to_record(),
                 "raise": up.pairs[j].to_record(),
+                "attribution": {
+                    "method": f"ig ({IG_STEPS} steps, mean-colour baseline)",
+                    "predicted": _pixel_record(why, j),
+                    "contrast": _pixel_record(versus, j),
+                    "words": [[w, float(x)] for w, x in zip(words.words[j], words.word_scores[j])],
+                    "words_delta": float(words.delta[j]),
+                },
             }
         )
     nearest = [

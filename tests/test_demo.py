@@ -54,11 +54,38 @@ def test_every_counterfactual_is_reverified(demo):
                 assert html.count(c["item"].replace("&", "&amp;")) >= 1
 
 
+def test_attributions_are_recomputed_and_shown(demo):
+    """The recorded pixel and word attributions are those jaxplain.attribute gives, and the report shows them."""
+    records, html = demo
+    model = jaxplain.load("fashion-clip")
+    images, _ = fashion_mnist.load_shipped_test()
+    sample = [images[r["image"]] for r in records]
+    ig = jaxplain.attribute(model, sample, method="ig", steps=64, target="prob:predicted", classes=CLASSES)
+    words = jaxplain.attribute(
+        model, sample, [r["text"] for r in records], side="text", method="ig", steps=64, target="similarity"
+    )
+    for j, r in enumerate(records):
+        a = r["attribution"]
+        assert a["predicted"]["target"] == f"prob:{r['predicted']}"
+        assert a["contrast"]["target"] == f"contrast:{r['predicted']} vs {r['runner_up_name']}"
+        np.testing.assert_allclose(a["predicted"]["pixels"], ig.pixels[j], atol=2e-6)
+        # IG's completeness: the pixels add up to the score's change from the mean-colour image
+        for key in ("predicted", "contrast"):
+            m = a[key]
+            assert abs(m["delta"]) < 0.01 * abs(m["score"] - m["baseline_score"])
+            assert np.sum(m["pixels"]) == pytest.approx(m["score"] - m["baseline_score"] + m["delta"], abs=1e-4)
+        assert [w for w, _ in a["words"]] == words.words[j]
+        np.testing.assert_allclose([x for _, x in a["words"]], words.word_scores[j], atol=2e-6)
+        assert f"{r['predicted']} rather than {r['runner_up_name']}" in html
+    assert html.count('<span class="jx-words">') == len(records)
+    assert html.count('class="heat"') == 2 * len(records)
+
+
 def test_report_is_self_contained(demo):
     _, html = demo
     assert html.startswith("<!doctype html>")
     assert not re.search(r'(src|href)="(?!data:)', html)  # every image inlined, nothing fetched
-    assert html.count("data:image/png;base64,") >= 3 * (1 + 3 + 3)
+    assert html.count("data:image/png;base64,") >= 3 * (1 + 2 + 3 + 3)
     assert "other class found" in html and "fashion-clip" in html
 
 

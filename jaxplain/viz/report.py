@@ -13,9 +13,12 @@ import io
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from jaxplain.data.images import load_rgb
+from jaxplain.viz.heatmap import overlay
+from jaxplain.viz.text import highlight_html
 
 THUMB = 112
 
@@ -35,6 +38,8 @@ h1{font-size:22px;margin:0 0 4px} h2{font-size:16px;margin:0 0 8px} .muted{color
 table.t{border-collapse:collapse;font-size:13px}
 table.t td,table.t th{padding:3px 8px;border-bottom:1px solid #eceff3;text-align:left}
 .up{color:#176b2c} .down{color:#a33}
+.heat{width:118px;font-size:12px} .heat img{image-rendering:pixelated;border-radius:6px;border:1px solid #cfd5df}
+.jx-words span{padding:1px 3px;border-radius:3px}
 """
 
 
@@ -92,6 +97,28 @@ def _captions(rec: dict, key: str, cls: str) -> str:
     return f'<table class="t"><tr><th>caption</th><th>similarity</th><th>distance</th></tr>{rows}</table>'
 
 
+def _attribution(rec: dict, image: Any) -> str:
+    a = rec.get("attribution")
+    if not a:
+        return ""
+    maps = [
+        (f"what drove p({rec['predicted']})", a["predicted"]),
+        (f"{rec['predicted']} rather than {rec['runner_up_name']}", a["contrast"]),
+    ]
+    cells = []
+    for title, m in maps:
+        pic = overlay(image, np.asarray(m["pixels"]), alpha=0.6, size=THUMB, signed=True)
+        cells.append(
+            f'<div class="heat"><img src="{data_uri(pic)}" width="{THUMB}" alt="{_esc(title)}">'
+            f'<div>{_esc(title)}</div><div class="muted">{_esc(m["target"])} = {m["score"]:.3f}</div></div>'
+        )
+    words = highlight_html([w for w, _ in a["words"]], [x for _, x in a["words"]], signed=True)
+    return f"""<div class="section"><b>Which pixels drove it</b> <span class="muted">({_esc(a["method"])};
+<span class="down">red</span> raised the score, <span style="color:#2166ac">blue</span> lowered it)</span>
+<div class="gallery">{"".join(cells)}</div>
+<div>words of “{_esc(rec["text"])}” that drove its similarity to the image: {words}</div></div>"""
+
+
 def render(records: list[dict], summary: dict, image_of: Callable[[Any], Any]) -> str:
     """The HTML page for the demo's records.
 
@@ -118,6 +145,7 @@ def render(records: list[dict], summary: dict, image_of: Callable[[Any], Any]) -
 <div class="orig"><img src="{data_uri(image_of(r["image"]))}" width="{THUMB}" alt="original"></div>
 <div><div>model says <b>{_esc(r["predicted"])}</b> with {r["confidence"]:.1%}{truth}</div>{_bars(r["top"])}</div>
 </div>
+{_attribution(r, image_of(r["image"]))}
 <div class="section"><b>Nearest real images the model would put in another class</b>
 {_gallery(r["other_class"]["counterfactuals"], image_of, r["other_class"]["status"])}</div>
 <div class="section"><b>Nearest real images the model would call {_esc(r["runner_up_name"])} (its second choice)</b>
