@@ -281,3 +281,47 @@ def _max_sensitivity(model, a: Attribution, texts, common, opts, protocol: Proto
     rep_targets = [t for t in a.targets for _ in range(s)]
     b = attribute(model, flat, rep_texts, method=a.method, target=rep_targets, **common, **opts)
     return np.asarray(metrics.max_sensitivity_from(a.features, b.features.reshape(n, s, -1)))
+
+
+def counterfactual_quality(
+    result,
+    bank,
+    original: np.ndarray,
+    features: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, float]:
+    """Validity, proximity, diversity (and sparsity) of the counterfactuals of a
+    :func:`jaxplain.counterfactuals` result, as means over the pairs that have any.
+
+    Args:
+      result: a ``CounterfactualResult``.
+      bank: the bank it retrieved from (for the counterfactuals' embeddings).
+      original: ``[N, E]`` the pairs' original embeddings (of the side that was changed).
+      features: optional ``(original [N, F], counterfactual [N, K, F])`` inputs (e.g. pixels) for
+        sparsity, the fraction of input features that differ, with ``K = max`` counterfactuals per pair.
+
+    Returns:
+      ``{"found_rate", "validity", "proximity", "diversity"}`` (and ``"sparsity"`` with ``features``).
+    """
+    n = len(result)
+    k = max((len(p.counterfactuals) for p in result.pairs), default=0)
+    out = {"found_rate": result.found_rate}
+    if k == 0:
+        return {**out, "validity": float("nan"), "proximity": float("nan"), "diversity": float("nan")}
+    present = np.zeros((n, k), bool)
+    valid = np.zeros((n, k), bool)
+    rows = np.zeros((n, k), np.int64)
+    for i, p in enumerate(result.pairs):
+        for j, c in enumerate(p.counterfactuals):
+            present[i, j], valid[i, j], rows[i, j] = True, c.margin > 0, c.bank_row
+    emb = np.asarray(bank.embeddings)[rows]
+    some = present.any(1)
+
+    def mean(x) -> float:
+        return float(np.mean(np.asarray(x)[some]))
+
+    out["validity"] = mean(metrics.validity(valid, present))
+    out["proximity"] = mean(metrics.proximity(original, emb, present))
+    out["diversity"] = mean(metrics.diversity(emb, present))
+    if features is not None:
+        out["sparsity"] = mean(metrics.sparsity(features[0], features[1], present))
+    return out

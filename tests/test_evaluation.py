@@ -166,3 +166,27 @@ def test_evaluate_command(tmp_path, capsys):
         main(["evaluate", "--model", str(TINY), "--images", str(images), "--methods", "lime", "--out", str(out)]) == 2
     )
     assert "method 'lime' cannot explain images" in capsys.readouterr().err
+
+
+def test_counterfactual_quality_by_hand():
+    import jaxplain.data.fashion_mnist as fm
+    from jaxplain.evaluation import counterfactual_quality
+
+    model = jaxplain.load("fashion-clip")
+    images, labels = fm.load_shipped_test()
+    bank, _ = jaxplain.build_bank(model, images=list(images[:300]), labels=labels[:300], progress=False)
+    queries = list(images[300:306])
+    res = jaxplain.counterfactuals(model, queries, want="other-class", bank=bank, classes=list(fm.CLASS_NAMES), top=3)
+    u = model.encode_images(queries)
+    q = counterfactual_quality(res, bank, u)
+    pairs = [p for p in res.pairs if p.counterfactuals]
+    assert q["found_rate"] == res.found_rate and q["validity"] == 1.0  # the engine returns proven items only
+    assert q["proximity"] == pytest.approx(
+        np.mean([np.mean([c.distance for c in p.counterfactuals]) for p in pairs]), rel=1e-4
+    )
+    div = []
+    for p in pairs:
+        e = bank.embeddings[[c.bank_row for c in p.counterfactuals]]
+        d = [np.linalg.norm(e[a] - e[b]) for a in range(len(e)) for b in range(a + 1, len(e))]
+        div.append(np.mean(d) if d else 0.0)
+    assert q["diversity"] == pytest.approx(np.mean(div), rel=1e-4)
