@@ -85,6 +85,7 @@ class Table:
     side: str
     target: str
     protocol: Protocol
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def markdown(self) -> str:
         """A Markdown table, with each metric's direction in its header and the protocol below."""
@@ -95,6 +96,7 @@ class Table:
             lines.append(f"| {meth} | " + " | ".join("–" if np.isnan(v) else f"{v:.4f}" for v in vals) + " |")
         lines.append("")
         lines.append(f"{self.pairs} pairs, {self.side} side, target `{self.target}`. {self.protocol.describe()}.")
+        lines += [f"\n{note}." for note in self.notes]
         return "\n".join(lines) + "\n"
 
     def csv(self) -> str:
@@ -212,6 +214,7 @@ def evaluate(
     method_options = method_options or {}
     key = jax.random.key(protocol.seed)
     rows: dict[str, dict[str, float]] = {}
+    notes: list[str] = []
     common = dict(side=side, classes=classes, templates=templates)
     with progress(len(methods), "evaluating", "method", show_progress) as bar:
         for meth in methods:
@@ -224,7 +227,14 @@ def evaluate(
                     curve = faithfulness_curves(model, a, t, scoring, protocol, mode)
                     row[f"{mode}_auc"] = float(np.mean(metrics.auc(curve)))
             if "max_sensitivity" in metric_names and side == "image":
-                row["max_sensitivity"] = float(np.mean(_max_sensitivity(model, a, texts, common, opts, protocol, key)))
+                sens = _max_sensitivity(model, a, texts, common, opts, protocol, key)
+                finite = np.isfinite(sens)
+                row["max_sensitivity"] = float(np.mean(sens[finite])) if finite.any() else float("inf")
+                if not finite.all():
+                    notes.append(
+                        f"{meth}: max-sensitivity left out {int((~finite).sum())} pairs whose explanation is all "
+                        "zero while a noisy copy's is not (an infinite relative change)"
+                    )
             if "completeness_error" in metric_names and a.delta is not None:
                 row["completeness_error"] = float(np.mean(np.abs(a.delta)))
             if "contrastivity" in metric_names and classes and side == "image":
@@ -245,7 +255,7 @@ def evaluate(
                 )
             rows[meth] = row
             bar.update(1)
-    return Table(list(methods), list(metric_names), rows, len(a), side, target, protocol)
+    return Table(list(methods), list(metric_names), rows, len(a), side, target, protocol, notes)
 
 
 def _valid(model: Model, a: Attribution) -> np.ndarray | None:

@@ -49,9 +49,11 @@ def image_scores(
     *,
     collect: bool = False,
     taps: dict | None = None,
+    patch_embeds: jax.Array | None = None,
 ) -> tuple[jax.Array, dict]:
-    """Target values ``[B]`` of images ``[B, 3, H, W]`` and the vision tower's intermediates."""
-    e, aux = clip.image_forward(scoring.params, pixels, config, collect=collect, taps=taps)
+    """Target values ``[B]`` of images ``[B, 3, H, W]`` (or of their patch embeddings ``[B, P, D]``) and
+    the vision tower's intermediates."""
+    e, aux = clip.image_forward(scoring.params, pixels, config, collect=collect, taps=taps, patch_embeds=patch_embeds)
     return targets.values(e, target, scoring.candidates, scoring.scale), aux
 
 

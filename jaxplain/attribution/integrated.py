@@ -90,13 +90,25 @@ def image_ig(
 ) -> dict:
     """Integrated Gradients over pixels. ``baseline``: normalised pixels ``[N, 3, H, W]`` or a number
     (0 is the dataset's mean colour). Returns pixel map, patch sums, ``score`` = f(x), ``baseline_score``
-    = f(b) and ``delta`` = Σ attributions − (f(x) − f(b))."""
+    = f(b) and ``delta`` = Σ attributions − (f(x) − f(b)).
+
+    The path runs through the patch embeddings: they are a linear map ``W`` of the pixels, so the
+    point ``b + α (x − b)`` embeds to ``e_b + α (e_x − e_b)`` and the pixel gradient is ``Wᵀ`` of the
+    embedding gradient — the same IG, without the patch embedding's forward and backward at every step.
+    """
     b = jnp.broadcast_to(jnp.asarray(baseline, pixels.dtype), pixels.shape)
+    params = scoring.params
 
     def score_fn(p, t):
         return core.image_scores(config, scoring, p, t)[0]
 
-    avg = path_gradient(score_fn, pixels, b, target, steps, rule, budget)
+    def embedded_score(e, t):
+        return core.image_scores(config, scoring, None, t, patch_embeds=e)[0]
+
+    ex, eb = clip.embed_patches(params, pixels, config), clip.embed_patches(params, b, config)
+    avg_e = path_gradient(embedded_score, ex, eb, target, steps, rule, budget)  # [N, P, D]
+    _, back = jax.vjp(lambda q: clip.embed_patches(params, q, config), pixels)
+    avg = back(avg_e.astype(ex.dtype))[0]
     attr = (pixels - b) * avg
     ends = score_fn(jnp.concatenate([pixels, b]), jax.tree.map(lambda a: jnp.concatenate([a, a]), target))
     fx, fb = jnp.split(ends, 2)

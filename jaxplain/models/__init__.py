@@ -2,6 +2,7 @@
 
 from jaxplain.models.bundle import Model, fingerprint
 from jaxplain.models.clip import (
+    embed_patches,
     embed_tokens,
     encode_image,
     encode_text,
@@ -19,6 +20,7 @@ __all__ = [
     "TextConfig",
     "VisionConfig",
     "config_from_hf_dict",
+    "embed_patches",
     "embed_tokens",
     "encode_image",
     "encode_text",

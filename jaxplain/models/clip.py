@@ -53,6 +53,7 @@ def image_forward(
     *,
     collect: bool = False,
     taps: dict[str, jax.Array] | None = None,
+    patch_embeds: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Encode preprocessed images.
 
@@ -63,27 +64,41 @@ def image_forward(
       collect: also return per-layer tokens and attention maps.
       taps: additive interventions on the encoder's block inputs and attention maps, for gradients
         of intermediates (see :func:`jaxplain.models.transformer.encoder`).
+      patch_embeds: optional ``[N, P, D]`` patch embeddings (:func:`embed_patches`) used instead of
+        embedding ``pixels``, which then only give the batch size. The embedding is linear in the
+        pixels, so gradients with respect to it map back to pixels exactly.
 
     Returns:
       ``(embedding [N, E], intermediates)``.
     """
     v, p = config.vision, params["vision"]
+    if patch_embeds is None:
+        x = embed_patches(params, pixels, config)
+    else:
+        x = patch_embeds.astype(p["patch_embedding"].dtype)
+    cls = jnp.broadcast_to(p["class_embedding"], (x.shape[0], 1, x.shape[-1]))
+    x = jnp.concatenate([cls, x], axis=1) + p["position_embedding"]
+    x = layer_norm(x, p["pre_ln"], v.layer_norm_eps)
+    kw = dict(num_heads=v.num_heads, act=v.hidden_act, eps=v.layer_norm_eps)
+    if collect or taps is not None:
+        h, aux = encoder(x, p["layers"], collect=collect, taps=taps, **kw)
+        aux, at_cls = _batch_first(aux), h[:, 0]
+    else:  # only the class token of the last layer is pooled: skip the rest of its work
+        aux, at_cls = {}, encoder_at(x, p["layers"], jnp.zeros(x.shape[0], jnp.int32), mask=None, **kw)
+    pooled = layer_norm(at_cls, p["post_ln"], v.layer_norm_eps)
+    projected = pooled @ p["projection"]
+    aux.update(pooled=pooled, projected=projected)
+    return _unit(projected), aux
+
+
+def embed_patches(params: Params, pixels: jax.Array, config: ClipConfig) -> jax.Array:
+    """Patch embeddings ``[N, P, D]`` of pixels ``[N, C, H, W]`` (a linear map of the pixels)."""
+    v, p = config.vision, params["vision"]
     want = (v.num_channels, v.image_size, v.image_size)
     if pixels.ndim != 4 or tuple(pixels.shape[1:]) != want:
         raise ValueError(f"pixels must be [N, {want[0]}, {want[1]}, {want[2]}] for this model, got {pixels.shape}")
     dtype = p["patch_embedding"].dtype
-    x = patchify(pixels.astype(dtype), v.patch_size) @ p["patch_embedding"]
-    cls = jnp.broadcast_to(p["class_embedding"], (x.shape[0], 1, x.shape[-1]))
-    x = jnp.concatenate([cls, x], axis=1) + p["position_embedding"]
-    x = layer_norm(x, p["pre_ln"], v.layer_norm_eps)
-    h, aux = encoder(
-        x, p["layers"], num_heads=v.num_heads, act=v.hidden_act, eps=v.layer_norm_eps, collect=collect, taps=taps
-    )
-    aux = _batch_first(aux)
-    pooled = layer_norm(h[:, 0], p["post_ln"], v.layer_norm_eps)
-    projected = pooled @ p["projection"]
-    aux.update(pooled=pooled, projected=projected)
-    return _unit(projected), aux
+    return patchify(pixels.astype(dtype), v.patch_size) @ p["patch_embedding"]
 
 
 def embed_tokens(params: Params, token_ids: jax.Array) -> jax.Array:
