@@ -7,7 +7,8 @@ and the median of the repeats is reported, after a warm-up that includes jaxplai
 The ratio is torch time / jaxplain time: above 1.0 means jaxplain is faster.
 
 Texts are given to both as ids padded to the 77-token context. jaxplain skips the padding after the
-batch's last end-of-text token (causal attention: it cannot change any embedding), so for texts a
+batch's last end-of-text token (causal attention: it cannot change any embedding; the length is rounded
+up by ``jaxplain.models.bundle.text_length_bucket``, exact up to 16 tokens), so for texts a
 second column gives torch the same advantage — ids padded only to the longest text of the batch,
 which is how transformers' tokenizer is best called — and the honest text figure is that one.
 

@@ -127,7 +127,64 @@ def test_bfloat16_compute_mode(tiny_model, reference):
 
 
 def test_trimmed_padding_changes_nothing(tiny_model, reference):
-    ids = reference["input_ids"][:4]  # padded to 77; the longest ends at 27, so encode_ids computes 32
+    ids = reference["input_ids"][:4]  # padded to 77; the longest ends at 27, so encode_ids computes 28
     assert np.asarray(clip.eos_positions(ids, tiny_model.config)).max() == 27
     full = clip.encode_text(tiny_model.params, jnp.asarray(ids), tiny_model.config)
     np.testing.assert_allclose(tiny_model.encode_ids(ids), full, atol=1e-6)
+
+
+def test_text_length_bucket():
+    from jaxplain.models.bundle import text_length_bucket
+
+    got = [text_length_bucket(n) for n in (1, 9, 16, 17, 20, 21, 32, 33, 41, 64, 65, 77)]
+    assert got == [1, 9, 16, 20, 20, 24, 32, 40, 48, 64, 80, 80]
+
+
+def test_encode_ids_batches_texts_by_length(tiny_model, reference, monkeypatch):
+    import jaxplain.models.bundle as bundle
+
+    ids = reference["input_ids"]  # the texts end after 8, 9, 14, 28, 6 and 77 tokens
+    shapes = []
+    real = bundle.encode_text_jit
+
+    def spy(params, x, config):
+        shapes.append(x.shape)
+        return real(params, x, config=config)
+
+    monkeypatch.setattr(bundle, "encode_text_jit", spy)
+    got = tiny_model.encode_ids(ids, batch_size=2)
+    # by length: (6, 8), (9, 14), (28, 77); each pair cut after its longer text
+    assert shapes == [(2, 8), (2, 14), (2, 77)]
+    full = clip.encode_text(tiny_model.params, jnp.asarray(ids), tiny_model.config)
+    np.testing.assert_allclose(got, full, atol=1e-6)  # in input order
+    shapes.clear()
+    tiny_model.encode_ids(ids[[3, 0, 4]], batch_size=4)  # one batch: kept as given, cut after 28 tokens
+    assert shapes == [(4, 28)]
+
+
+def test_unstacked_layers_compute_the_same(tiny_model, reference):
+    from jaxplain.models import fingerprint, transformer
+
+    cfg, params = tiny_model.config, tiny_model.params
+    flat = clip.unstack_layers(params)
+    assert isinstance(flat["vision"]["layers"], tuple) and len(flat["vision"]["layers"]) == cfg.vision.num_layers
+    assert transformer.num_layers(flat["text"]["layers"]) == transformer.num_layers(params["text"]["layers"])
+    for a, b in zip(jax.tree.leaves(clip.stack_layers(flat)), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    assert fingerprint(cfg, flat) == fingerprint(cfg, params) == tiny_model.fingerprint
+
+    pixels, ids = jnp.asarray(reference["pixels"][:3]), jnp.asarray(reference["input_ids"][:3])
+    for fwd, x in ((clip.image_forward, pixels), (clip.text_forward, ids)):
+        e1, aux1 = fwd(params, x, cfg, collect=True)
+        e2, aux2 = fwd(flat, x, cfg, collect=True)
+        np.testing.assert_allclose(e1, e2, atol=1e-6)
+        np.testing.assert_allclose(aux1["tokens"], aux2["tokens"], atol=1e-5)
+        np.testing.assert_allclose(aux1["attention"], aux2["attention"], atol=1e-6)
+        np.testing.assert_allclose(fwd(flat, x, cfg)[0], e1, atol=1e-6)  # the pooled fast path
+
+    # gradients with respect to the taps (the intermediates) agree too
+    def tapped(p, tap):
+        return clip.image_forward(p, pixels, cfg, taps={"tokens": tap})[0].sum()
+
+    tap = jnp.zeros((cfg.vision.num_layers, 3, cfg.vision.num_positions, cfg.vision.hidden_size))
+    np.testing.assert_allclose(jax.grad(tapped, 1)(params, tap), jax.grad(tapped, 1)(flat, tap), atol=1e-5)

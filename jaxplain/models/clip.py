@@ -24,7 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxplain.models.config import ClipConfig
-from jaxplain.models.transformer import at_least_f32, encoder, encoder_at, layer_norm
+from jaxplain.models.transformer import at_least_f32, encoder, encoder_at, layer_norm, stack, unstack
+
+TOWERS = ("text", "vision")
 
 Params = dict[str, Any]
 
@@ -170,6 +172,22 @@ def encode_image(params: Params, pixels: jax.Array, config: ClipConfig) -> jax.A
 def encode_text(params: Params, token_ids: jax.Array, config: ClipConfig) -> jax.Array:
     """Unit-norm text embeddings ``[N, E]`` for token ids ``[N, T]``."""
     return text_forward(params, token_ids, config)[0]
+
+
+def unstack_layers(params: Params) -> Params:
+    """``params`` with each tower's ``layers`` as a tuple of per-layer dicts (see
+    :mod:`jaxplain.models.transformer`): the same model, run as unrolled blocks on whole weight buffers.
+
+    Every function here takes either layout. The unstacked one holds a copy of the layer weights; on a
+    CPU it encodes small batches markedly faster (the stacked layout's scan copies each layer's weights
+    out of the stack on every call). ``model.encode_*`` use it on their own.
+    """
+    return {**params, **{tower: {**params[tower], "layers": unstack(params[tower]["layers"])} for tower in TOWERS}}
+
+
+def stack_layers(params: Params) -> Params:
+    """The inverse of :func:`unstack_layers`: each tower's layers stacked along a leading ``[L]`` axis."""
+    return {**params, **{tower: {**params[tower], "layers": stack(params[tower]["layers"])} for tower in TOWERS}}
 
 
 def logit_scale(params: Params) -> jax.Array:

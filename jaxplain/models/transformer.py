@@ -1,8 +1,16 @@
 """The pieces both CLIP towers share: layer norm, multi-head attention, MLP, a scanned encoder.
 
 All functions are pure and work on batched token arrays ``[N, T, D]``; they also work under
-``vmap`` (with the batch axis removed). Layers are stacked along a leading axis and run with
-``lax.scan``, so a 24-layer tower compiles one layer body.
+``vmap`` (with the batch axis removed). A tower's layers come in one of two layouts:
+
+* **stacked** (the layout of ``model.params``): one dict whose arrays have a leading ``[L]`` axis, run
+  with ``lax.scan``, so a 24-layer tower compiles one layer body;
+* **unstacked** (:func:`unstack`): a tuple of ``L`` per-layer dicts, run as an unrolled loop. Each
+  layer's weights are then whole buffers; the scan instead slices (copies) every layer's weights out of
+  the stack on every call, which on a CPU costs more than the layer itself for small batches.
+
+Both give the same numbers; pick stacked for compile time (training, gradients of many methods),
+unstacked for the fastest inference.
 """
 
 from __future__ import annotations
@@ -82,6 +90,36 @@ def attention(
     return dense(out, p["out"]), probs
 
 
+def unstack(layers: Params) -> tuple[Params, ...]:
+    """Stacked layers (arrays with a leading ``[L]`` axis) → a tuple of ``L`` per-layer dicts.
+    A tuple is returned unchanged."""
+    if isinstance(layers, (tuple, list)):
+        return tuple(layers)
+    count = jax.tree.leaves(layers)[0].shape[0]
+    return tuple(jax.tree.map(lambda a, i=i: a[i], layers) for i in range(count))
+
+
+def stack(layers: Params | tuple[Params, ...]) -> Params:
+    """The inverse of :func:`unstack`; a stacked dict is returned unchanged."""
+    if not isinstance(layers, (tuple, list)):
+        return layers
+    return jax.tree.map(lambda *a: jnp.stack(a), *layers)
+
+
+def num_layers(layers: Params | tuple[Params, ...]) -> int:
+    """How many blocks ``layers`` holds, in either layout."""
+    if isinstance(layers, (tuple, list)):
+        return len(layers)
+    return jax.tree.leaves(layers)[0].shape[0]
+
+
+def _split_last(layers: Params | tuple[Params, ...]) -> tuple[Params | tuple[Params, ...], Params]:
+    """``(all blocks but the last, the last block)`` in the layout given."""
+    if isinstance(layers, (tuple, list)):
+        return tuple(layers[:-1]), layers[-1]
+    return jax.tree.map(lambda a: a[:-1], layers), jax.tree.map(lambda a: a[-1], layers)
+
+
 def encoder(
     x: jax.Array,
     layers: Params,
@@ -93,7 +131,7 @@ def encoder(
     collect: bool = False,
     taps: dict[str, jax.Array] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Pre-norm transformer blocks, scanned over the stacked ``layers`` params.
+    """Pre-norm transformer blocks: scanned over stacked ``layers``, unrolled over a tuple of them.
 
     ``taps`` are additive interventions for reading gradients of intermediates without hooks:
     ``{"tokens": [L, ..., T, D]}`` is added to each block's input and ``{"attention": [L, ..., H, T,
@@ -118,7 +156,16 @@ def encoder(
         h = h + m
         return h, ((h, probs) if collect else None)
 
-    h, stacked = jax.lax.scan(block, x, (layers, taps))
+    if isinstance(layers, (tuple, list)):
+        h, outs = x, []
+        for i, lp in enumerate(layers):
+            h, out = block(h, (lp, jax.tree.map(lambda a, i=i: a[i], taps)))
+            outs.append(out)
+        stacked = jax.tree.map(lambda *a: jnp.stack(a), *outs) if collect and outs else None
+        if collect and not outs:
+            raise ValueError("collect needs at least one layer")
+    else:
+        h, stacked = jax.lax.scan(block, x, (layers, taps))
     if not collect:
         return h, {}
     hs, probs = stacked
@@ -156,7 +203,6 @@ def encoder_at(
 ) -> jax.Array:
     """The encoder's final output at one token per sequence ``[..., D]``: equal to
     ``encoder(x, ...)[0]`` at ``pos``, without the last block's work on the other tokens."""
-    first = jax.tree.map(lambda a: a[:-1], layers)
-    last = jax.tree.map(lambda a: a[-1], layers)
+    first, last = _split_last(layers)
     h, _ = encoder(x, first, num_heads=num_heads, act=act, eps=eps, mask=mask)
     return last_block_at(h, last, pos, num_heads=num_heads, act=act, eps=eps, causal=mask is not None)
