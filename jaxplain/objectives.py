@@ -69,7 +69,9 @@ def scores(
     Returns ``sim = e · anchor`` ``[...]`` (``anchor`` ``[..., E]`` broadcasts against ``e``) and the
     zero-shot logits ``z = scale · e Vᵀ`` ``[..., C]`` against class embeddings ``classes`` ``[C, E]``.
     """
-    return jnp.sum(e * anchor, axis=-1), scale * e @ classes.T
+    # The temperature scales the small [C, E] matrix, not the [..., E] batch, and the similarity is a
+    # contraction (a dot), not a product then a sum: on large candidate sets this is several times faster.
+    return jnp.einsum("...e,...e->...", e, anchor), e @ (scale * classes).T
 
 
 def margin(sim: jax.Array, z: jax.Array, goal: Goal, scale: jax.Array | float, smooth: bool = False) -> jax.Array:

@@ -55,13 +55,14 @@ def _rank(ids, x_scores, u0_dist, goal, scale, exclude, top):
     neg, pos = jax.lax.top_k(-key, top)
     valid = jnp.isfinite(neg)
     pick = lambda a: jnp.take(a, pos, axis=0)  # noqa: E731
+    z_top = pick(z)  # the reported scores only for the kept items, not for all K
     return Verified(
         ids=jnp.where(valid, pick(ids), -1),
         distance=-neg,
         margin=pick(m),
-        score=pick(reported_score(sim, z, goal)),
-        predicted=pick(jnp.argmax(z, axis=-1)),
-        confidence=pick(jax.nn.softmax(z, axis=-1).max(-1)),
+        score=reported_score(pick(sim), z_top, goal),
+        predicted=jnp.argmax(z_top, axis=-1),
+        confidence=jax.nn.softmax(z_top, axis=-1).max(-1),
         valid=valid,
     )
 
