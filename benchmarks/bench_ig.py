@@ -29,7 +29,7 @@ multiple of the batch) is timed at the given settings, so the defaults can be ch
 
 Needs torch and captum (``pip install torch==2.13.0 captum`` takes a CPU wheel on the project's machines).
 The default setting does 3,200 forward+backward passes of ViT-B/32 per side and per repeat: on 2 CPU
-cores about 15 minutes for jaxplain and 20 for Captum; ``--layers 4`` takes about a third of that.
+cores about 6 minutes for each side; ``--layers 4`` takes about a third of that.
 """
 
 from __future__ import annotations
@@ -54,11 +54,12 @@ from jaxplain.data.tokenize import bundled_bpe_dir
 from jaxplain.models import clip
 
 RULE = "gausslegendre"
-# Images per forward/backward, the fastest of each side in
-# `--layers 2 --batch 64 --steps 10 --repeats 2 --tune 64 128 320 640` (2 CPUs): jaxplain barely depends on
-# it (30-36 s), Captum gains from larger chunks (49 s at 64, 38.5 s at 320).
+# Images per forward/backward. At the default setting (12 layers, 64 images, 50 steps, 2 CPUs) Captum took
+# 378.8 s with internal_batch_size=64 and 524.7 s with 320 (jaxplain 333.8 s and 339.5 s at budget 64 in the
+# same runs), so both default to 64. With 2-layer towers and 10 steps Captum preferred 320 (38.5 s vs 49 s):
+# re-tune (`--tune`) when the setting changes much.
 BUDGET = 64
-INTERNAL_BATCH = 320
+INTERNAL_BATCH = 64
 
 
 def make_checkpoint(directory: str, layers: int) -> CLIPModel:
