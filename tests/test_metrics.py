@@ -553,3 +553,16 @@ def test_step_masks_with_valid_features_per_row():
     # all valid: the same masks as without ``valid``
     full = jnp.ones_like(valid)
     np.testing.assert_array_equal(step_masks(attr, 3, 0.5, "deletion", valid=full), step_masks(attr, 3, 0.5))
+
+
+def test_randomise_unstacked_layers_keeps_the_layout(params):
+    from jaxplain.models import transformer
+
+    key = jax.random.key(4)
+    flat = {**params, "text": {**params["text"], "layers": transformer.unstack(params["text"]["layers"])}}
+    got = randomise_layers(flat, key, "text", top=2)["text"]
+    want = randomise_layers(params, key, "text", top=2)["text"]
+    assert isinstance(got["layers"], tuple) and len(got["layers"]) == 3
+    for a, b in zip(jax.tree.leaves(transformer.stack(got["layers"])), jax.tree.leaves(want["layers"])):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(got["projection"], want["projection"])

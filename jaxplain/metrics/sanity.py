@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxplain.models import transformer
+
 Params = dict[str, Any]
 
 # Each tower's tensors after its layer stack, which cascading randomisation replaces first.
@@ -31,7 +33,8 @@ def randomise_layers(params: Params, key: jax.Array, tower: str = "vision", top:
     slice for the stacked layer tensors, over the whole tensor for the head. Increasing ``top`` from 0
     gives the cascade "randomise from the top down", and the same key gives the same values for a layer
     at every step of it. A constant tensor (such as a freshly initialised bias) has zero std and comes
-    back unchanged. Every other leaf is the same object as in ``params``.
+    back unchanged. Every other leaf is the same object as in ``params``. Layers may come in either
+    layout (:func:`jaxplain.models.clip.unstack_layers`) and keep it.
 
     Args:
       params: jaxplain CLIP params (layout in :func:`jaxplain.models.init_params`).
@@ -45,12 +48,14 @@ def randomise_layers(params: Params, key: jax.Array, tower: str = "vision", top:
     if tower not in _HEADS:
         raise ValueError(f"tower must be one of {tuple(_HEADS)}, got {tower!r}")
     p = params[tower]
-    num_layers = jax.tree.leaves(p["layers"])[0].shape[0]
+    num_layers = transformer.num_layers(p["layers"])
     top = num_layers if top is None else top
     if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= num_layers:
         raise ValueError(f"top must be an integer in [0, {num_layers}] or None, got {top!r}")
     # The head goes in as a tuple, so that both towers share a compiled function when their shapes agree.
-    layers, head = _randomise(p["layers"], tuple(p[name] for name in _HEADS[tower]), key, top)
+    layers, head = _randomise(transformer.stack(p["layers"]), tuple(p[name] for name in _HEADS[tower]), key, top)
+    if isinstance(p["layers"], (tuple, list)):
+        layers = transformer.unstack(layers)
     return {**params, tower: {**p, "layers": layers if top else p["layers"], **dict(zip(_HEADS[tower], head))}}
 
 

@@ -95,8 +95,7 @@ def unstack(layers: Params) -> tuple[Params, ...]:
     A tuple is returned unchanged."""
     if isinstance(layers, (tuple, list)):
         return tuple(layers)
-    count = jax.tree.leaves(layers)[0].shape[0]
-    return tuple(jax.tree.map(lambda a, i=i: a[i], layers) for i in range(count))
+    return tuple(jax.tree.map(lambda a, i=i: a[i], layers) for i in range(num_layers(layers)))
 
 
 def stack(layers: Params | tuple[Params, ...]) -> Params:
@@ -157,13 +156,13 @@ def encoder(
         return h, ((h, probs) if collect else None)
 
     if isinstance(layers, (tuple, list)):
+        if collect and not layers:
+            raise ValueError("collect needs at least one layer")
         h, outs = x, []
         for i, lp in enumerate(layers):
             h, out = block(h, (lp, jax.tree.map(lambda a, i=i: a[i], taps)))
             outs.append(out)
-        stacked = jax.tree.map(lambda *a: jnp.stack(a), *outs) if collect and outs else None
-        if collect and not outs:
-            raise ValueError("collect needs at least one layer")
+        stacked = jax.tree.map(lambda *a: jnp.stack(a), *outs) if collect else None
     else:
         h, stacked = jax.lax.scan(block, x, (layers, taps))
     if not collect:
