@@ -54,7 +54,7 @@ def randomise_layers(params: Params, key: jax.Array, tower: str = "vision", top:
         raise ValueError(f"top must be an integer in [0, {num_layers}] or None, got {top!r}")
     # The head goes in as a tuple, so that both towers share a compiled function when their shapes agree.
     layers, head = _randomise(transformer.stack(p["layers"]), tuple(p[name] for name in _HEADS[tower]), key, top)
-    if isinstance(p["layers"], (tuple, list)):
+    if transformer.is_unstacked(p["layers"]):
         layers = transformer.unstack(layers)
     return {**params, tower: {**p, "layers": layers if top else p["layers"], **dict(zip(_HEADS[tower], head))}}
 

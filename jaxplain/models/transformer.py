@@ -90,31 +90,36 @@ def attention(
     return dense(out, p["out"]), probs
 
 
+def is_unstacked(layers: Params | tuple[Params, ...]) -> bool:
+    """Whether ``layers`` is the unstacked layout (a sequence of per-layer dicts)."""
+    return isinstance(layers, (tuple, list))
+
+
 def unstack(layers: Params) -> tuple[Params, ...]:
     """Stacked layers (arrays with a leading ``[L]`` axis) → a tuple of ``L`` per-layer dicts.
     A tuple is returned unchanged."""
-    if isinstance(layers, (tuple, list)):
+    if is_unstacked(layers):
         return tuple(layers)
     return tuple(jax.tree.map(lambda a, i=i: a[i], layers) for i in range(num_layers(layers)))
 
 
 def stack(layers: Params | tuple[Params, ...]) -> Params:
     """The inverse of :func:`unstack`; a stacked dict is returned unchanged."""
-    if not isinstance(layers, (tuple, list)):
+    if not is_unstacked(layers):
         return layers
     return jax.tree.map(lambda *a: jnp.stack(a), *layers)
 
 
 def num_layers(layers: Params | tuple[Params, ...]) -> int:
     """How many blocks ``layers`` holds, in either layout."""
-    if isinstance(layers, (tuple, list)):
+    if is_unstacked(layers):
         return len(layers)
     return jax.tree.leaves(layers)[0].shape[0]
 
 
 def _split_last(layers: Params | tuple[Params, ...]) -> tuple[Params | tuple[Params, ...], Params]:
     """``(all blocks but the last, the last block)`` in the layout given."""
-    if isinstance(layers, (tuple, list)):
+    if is_unstacked(layers):
         return tuple(layers[:-1]), layers[-1]
     return jax.tree.map(lambda a: a[:-1], layers), jax.tree.map(lambda a: a[-1], layers)
 
@@ -155,7 +160,7 @@ def encoder(
         h = h + m
         return h, ((h, probs) if collect else None)
 
-    if isinstance(layers, (tuple, list)):
+    if is_unstacked(layers):
         if collect and not layers:
             raise ValueError("collect needs at least one layer")
         h, outs = x, []
