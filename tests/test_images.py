@@ -76,6 +76,27 @@ def test_arrays(array):
     np.testing.assert_allclose(mine([array]), want, atol=1e-6)
 
 
+def test_batches_of_arrays_at_the_model_size_equal_the_reference_and_the_per_image_path():
+    # uint8 arrays of one shape that need no resize or crop take a vectorised path (a lookup table)
+    proc = ImageProcessing(shortest_edge=32, crop=(32, 32))
+    grey = [RNG.randint(0, 256, (32, 32), dtype=np.uint8) for _ in range(5)]
+    colour = [rgb(32, 32) for _ in range(5)]
+    for batch, ref_in in ((grey, [np.repeat(g[..., None], 3, -1) for g in grey]), (colour, colour)):
+        assert proc._ready_batch(batch) is not None
+        got = proc(batch)
+        np.testing.assert_array_equal(got, np.stack([proc.pixels(x) for x in batch]))
+        np.testing.assert_allclose(got, reference(ref_in), atol=1e-6)
+        # by hand: (v / 255 − mean) / std, channel by channel
+        v = np.asarray(ref_in, np.float64).transpose(0, 3, 1, 2) / 255
+        hand = (v - np.asarray(proc.mean)[:, None, None]) / np.asarray(proc.std)[:, None, None]
+        np.testing.assert_allclose(got, hand, rtol=1e-6, atol=1e-6)
+    # other shapes, sizes, dtypes or a mixed list go image by image (and still agree with the reference)
+    for batch in ([rgb(40, 30)] * 2, [grey[0], colour[0]], [grey[0], grey[1][:31]], [grey[0].astype(np.float32) / 255]):
+        assert proc._ready_batch(batch) is None
+    mixed = [grey[0], colour[0]]
+    np.testing.assert_allclose(proc(mixed), reference([np.repeat(grey[0][..., None], 3, -1), colour[0]]), atol=1e-6)
+
+
 def test_paths_and_bytes_equal_pil(tmp_path):
     img = Image.fromarray(rgb(45, 61))
     path = tmp_path / "x.png"

@@ -2,7 +2,7 @@
 
 :func:`counterfactuals` explains many pairs at once. For the image side, each pair's image is
 changed: the solver finds target embeddings near the image's that reach the wanted outcome, the
-bank's index retrieves real images near the original and near each target, and the verifier
+bank's index retrieves real images near each target, and the verifier
 re-scores every candidate with the model and keeps the valid ones nearest the original. The text
 side is symmetric (a text bank, the image fixed). ``search="exhaustive"`` is the oracle: it verifies
 every bank item.
@@ -196,15 +196,20 @@ def _retrieve_and_verify(
     t = time.perf_counter()
     targets = solve_targets(problem.u0, problem.goal, problem.anchor, problem.classes, problem.scale, solver)
     timings["targets"] = time.perf_counter() - t
-    n, d = targets.embedding.shape[:2]
-    queries = np.concatenate([problem.u0[:, None], targets.embedding], axis=1).astype(np.float32)
+    n = targets.embedding.shape[0]
+    # The queries are the targets alone, not the original: on the shipped banks (class changes,
+    # similarity and rank outcomes, image and text side) the original's own neighbours never held an
+    # answer that the targets' neighbours missed. The depth-0 target already sits at the nearest point
+    # of the wanted region, and the original's neighbours mostly share its decision.
+    queries = np.asarray(targets.embedding, np.float32)
+    d = queries.shape[1]
     timings["retrieve"] = timings["verify"] = 0.0
     rows = np.arange(n)
     ver = None
     for round_k in [k] + [min(len(bank.embeddings), k * 8**r) for r in range(1, escalate + 1)]:
         t = time.perf_counter()
-        ids, _ = bank.search(queries[rows].reshape(len(rows) * (d + 1), -1), round_k)
-        cand = np.asarray(ids, np.int32).reshape(len(rows), (d + 1) * ids.shape[1])
+        ids, _ = bank.search(queries[rows].reshape(len(rows) * d, -1), round_k)
+        cand = np.asarray(ids, np.int32).reshape(len(rows), d * ids.shape[1])
         timings["retrieve"] += time.perf_counter() - t
         t = time.perf_counter()
         got = _verify_chunked(cand, bank, problem, rows, top)
@@ -250,7 +255,7 @@ def counterfactuals(
       bank: a :class:`~jaxplain.counterfactual.bank.Bank` of real images (image side) or texts (text side).
       side: ``"image"`` (change the image) or ``"text"`` (change the text).
       classes: class names for class outcomes; ``templates`` make their prompt-ensembled embeddings.
-      k: neighbours retrieved per query (each pair queries its original and one target per solver depth).
+      k: neighbours retrieved per query (each pair queries one target per solver depth).
       escalate: rounds of retrying the pairs with no valid candidate, each with 8× more neighbours.
       top: counterfactuals returned per pair, nearest first.
       search: ``"index"`` (targets + retrieval), ``"exhaustive"`` (the oracle: verify every item), or

@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxplain.batching import bucket
 from jaxplain.counterfactual.solver import pad_edge
-from jaxplain.objectives import Goal, margin, reported_score, scores
+from jaxplain.objectives import Goal, margin, reported_score
 
 SAME_ITEM = 1e-3  # ‖x − u0‖ below this: the same item (float32 noise of re-encoding stays far below)
 
@@ -68,19 +68,35 @@ def _rank(ids, x_scores, u0_dist, goal, scale, exclude, top):
 
 
 def _dedupe(ids):
-    """Mark repeated candidate ids of one pair as ``-1`` (the same item retrieved by several queries)."""
-    order = jnp.argsort(ids)
-    s = ids[order]
-    dup = jnp.concatenate([jnp.zeros((1,), bool), s[1:] == s[:-1]])
-    return jnp.zeros_like(ids).at[order].set(jnp.where(dup, -1, s))
+    """Sort each row of candidate ids and mark repeats as ``-1`` (the same item retrieved by several queries).
+
+    ``ids`` ``[N, K]``. The order of candidates does not matter to the verifier (it ranks by distance), so
+    the rows stay sorted: a sort and a comparison of neighbours, no scatter back.
+    """
+    s = jnp.sort(ids, axis=1)
+    dup = jnp.concatenate([jnp.zeros_like(s[:, :1], bool), s[:, 1:] == s[:, :-1]], axis=1)
+    return jnp.where(dup, -1, s)
+
+
+def candidate_scores(x, u0, anchor, classes, scale):
+    """Scores of each pair's candidates ``x`` ``[N, K, E]`` in one batched contraction.
+
+    Returns ``(sim [N, K], z [N, K, C], dist [N, K])``: the similarity to the pair's anchor, the zero-shot
+    logits (as :func:`~jaxplain.objectives.scores`) and ``‖x − u0‖ = sqrt(2 − 2 x·u0)`` (unit vectors, as
+    in the oracle). Each candidate row is read once against the ``C + 2`` vectors ``[u0, anchor, s·V]``;
+    separate contractions would read the gathered ``[N, K, E]`` block three times.
+    """
+    n = u0.shape[0]
+    w = jnp.concatenate([u0[:, None], anchor[:, None], jnp.broadcast_to(scale * classes, (n, *classes.shape))], 1)
+    r = jax.lax.dot_general(x, w, (((2,), (2,)), ((0,), (0,))))  # [N, K, C + 2]
+    return r[..., 1], r[..., 2:], jnp.sqrt(jnp.maximum(2.0 - 2.0 * r[..., 0], 0.0))
 
 
 @functools.partial(jax.jit, static_argnames="top")
 def _verify(cand, bank, u0, goal, anchor, classes, scale, exclude, top):
-    cand = jax.vmap(_dedupe)(cand)
+    cand = _dedupe(cand)
     x = jnp.take(bank, jnp.maximum(cand, 0), axis=0)  # [N, K, E]
-    sim, z = scores(x, anchor[:, None, :], classes, scale)
-    dist = jnp.linalg.norm(x - u0[:, None, :], axis=-1)
+    sim, z, dist = candidate_scores(x, u0, anchor, classes, scale)
     return jax.vmap(_rank, in_axes=(0, 0, 0, 0, None, 0, None))(cand, (sim, z), dist, goal, scale, exclude, top)
 
 
@@ -174,8 +190,8 @@ def exhaustive(
     """The oracle: verify every bank item for every pair and keep the ``top`` valid ones nearest ``u0``.
 
     Memory is bounded by ``chunk``: the bank is scored ``chunk`` items at a time with a running
-    merge. Arguments as for :func:`verify`. Distances use ``‖x − u0‖ = sqrt(2 − 2 x·u0)`` (unit
-    vectors), so they may differ from :func:`verify`'s direct norm in the last float32 digits.
+    merge. Arguments as for :func:`verify`. Distances are ``‖x − u0‖ = sqrt(2 − 2 x·u0)`` (unit
+    vectors), computed as :func:`verify` computes them.
     """
     n = len(u0)
     u0_, goal_, anchor_, excl_ = _inputs(u0, goal, anchor, exclude, n)

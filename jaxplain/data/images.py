@@ -9,6 +9,7 @@ Accepted items: file paths, raw bytes, PIL images, and arrays ``[H, W]``, ``[H, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 from collections.abc import Sequence
@@ -183,12 +184,7 @@ class ImageProcessing:
         a = np.asarray(img, dtype=np.uint8)
         if self.do_center_crop:
             a = _center_crop(a, *self.crop)
-        x = a.astype(np.float64)
-        if self.do_rescale:
-            x = x * self.rescale_factor
-        if self.do_normalize:
-            x = (x - np.asarray(self.mean)) / np.asarray(self.std)
-        return np.ascontiguousarray(x.astype(np.float32).transpose(2, 0, 1))
+        return self._normalise(a)
 
     def __call__(self, items: Sequence[ImageLike]) -> np.ndarray:
         """Items → pixels ``[N, 3, H, W]``; the first bad item raises :class:`InputError`.
@@ -197,7 +193,45 @@ class ImageProcessing:
         """
         if not len(items):
             return np.zeros((0, 3, *self.crop), np.float32)
+        batch = self._ready_batch(items)
+        if batch is not None:
+            return self._normalise(batch)
         return np.stack([self.pixels(x, describe(x, i)) for i, x in enumerate(items)])
+
+    def _ready_batch(self, items: Sequence[ImageLike]) -> np.ndarray | None:
+        """``[N, H, W, 3]`` uint8 when every item is a uint8 array ``[H, W]`` or ``[H, W, 3]`` of one shape
+        that resizing and cropping would leave as it is (an image already at the model's size), else None.
+
+        Such a batch (a dataset already at the model's resolution) skips the per-image round trip through
+        PIL; the result is the same as :meth:`pixels` gives image by image.
+        """
+        first = items[0]
+        if not isinstance(first, np.ndarray) or first.dtype != np.uint8 or first.ndim not in (2, 3):
+            return None
+        if first.ndim == 3 and first.shape[-1] != 3:
+            return None
+        h, w = first.shape[:2]
+        if (self.do_resize and self._resize_to(w, h) != (w, h)) or (self.do_center_crop and self.crop != (h, w)):
+            return None
+        if not all(isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.shape == first.shape for x in items):
+            return None
+        a = np.stack(items)
+        return np.repeat(a[..., None], 3, axis=-1) if a.ndim == 3 else a
+
+    @functools.cached_property
+    def _table(self) -> np.ndarray:
+        """``[3, 256]`` float32: each channel's normalised value of every uint8 level, computed in float64."""
+        x = np.broadcast_to(np.arange(256, dtype=np.float64)[:, None], (256, 3))
+        if self.do_rescale:
+            x = x * self.rescale_factor
+        if self.do_normalize:
+            x = (x - np.asarray(self.mean)) / np.asarray(self.std)
+        return np.ascontiguousarray(x.astype(np.float32).T)
+
+    def _normalise(self, a: np.ndarray) -> np.ndarray:
+        """uint8 ``[..., H, W, 3]`` → float32 ``[..., 3, H, W]``, rescaled and normalised (a table lookup:
+        a uint8 level has 256 values per channel)."""
+        return np.stack([self._table[c][a[..., c]] for c in range(3)], axis=-3)
 
 
 def _center_crop(a: np.ndarray, ch: int, cw: int) -> np.ndarray:
