@@ -46,7 +46,10 @@ class SolverConfig:
       tol: a pair is converged (and stops) once its gradient norm falls below this.
     """
 
-    steps: int = 100
+    # On the shipped model's 1,000 benchmark pairs, 50 steps put the targets where 100 did (median
+    # distances equal to 3 decimals) and the pipeline found the same answers (found-rate and median
+    # proximity against the oracle unchanged on the 10k bank), in 0.11 s rather than 0.19 s.
+    steps: int = 50
     learning_rate: float = 0.03
     penalty: float = 200.0
     # Real items that reach an outcome usually lie well inside its region (inside another class's
