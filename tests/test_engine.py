@@ -97,6 +97,37 @@ def image_bank_image(images, row):
     return images[40 + row]
 
 
+def test_auto_verifies_every_item_for_the_pairs_retrieval_left_unanswered(tiny_model, images, image_bank, monkeypatch):
+    from jaxplain.counterfactual import engine
+
+    queries = images[:40]
+    texts = ["a photo of a shirt.", "a bag", "trousers on a chair", "a sandal"] * 10
+    v = tiny_model.encode_texts(texts)
+    # lower each similarity below the level of the 5% of bank images least like the text: the valid
+    # items are few and lie off the path from the original to its targets
+    levels = [float(np.quantile(image_bank.embeddings @ v[i], 0.05)) for i in range(40)]
+    kw = dict(want=[f"similarity<={lv:.4f}" for lv in levels], bank=image_bank, k=4, top=2, escalate=0)
+    index = counterfactuals(tiny_model, queries, texts, search="index", **kw)
+    oracle = counterfactuals(tiny_model, queries, texts, search="exhaustive", **kw)
+    missed = [i for i, r in enumerate(index.pairs) if r.status == "not_found"]
+    assert index.exhaustive_pairs == 0
+    assert any(oracle.pairs[i].found for i in missed)  # some have an answer that retrieval missed
+    monkeypatch.setattr(engine, "EXHAUSTIVE_BUDGET", 0)  # "auto" takes the index for these 40 pairs
+    auto = counterfactuals(tiny_model, queries, texts, search="auto", **kw)
+    assert auto.search == "index" and auto.exhaustive_pairs == len(missed)
+    for i, (a, r, o) in enumerate(zip(auto.pairs, index.pairs, oracle.pairs)):
+        # retrieval's answers stay; the pairs it missed get the oracle's
+        want = o if i in missed else r
+        assert a.status == want.status
+        assert [c.bank_row for c in a.counterfactuals] == [c.bank_row for c in want.counterfactuals]
+        np.testing.assert_allclose(
+            [c.distance for c in a.counterfactuals], [c.distance for c in want.counterfactuals], atol=1e-6
+        )
+    monkeypatch.setattr(engine, "RESCUE_BUDGET", len(missed) * len(image_bank.embeddings) - 1)  # over budget
+    auto = counterfactuals(tiny_model, queries, texts, search="auto", **kw)
+    assert auto.exhaustive_pairs == 0 and auto.pairs == index.pairs
+
+
 @pytest.mark.parametrize("search", ["index", "exhaustive"])
 def test_similarity_outcomes_and_nothing_padded(tiny_model, images, image_bank, search):
     texts = ["a photo of a bag"] * 10
