@@ -51,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         choices=["auto", "index", "exhaustive"],
         default="auto",
         help="index: targets + retrieval; exhaustive: verify every bank item (the oracle); auto (default): "
-        "exhaustive while pairs × bank items is small, index beyond",
+        "exhaustive while pairs × bank items is small, index beyond, then exhaustive for the pairs that "
+        "retrieval left without an answer while they fit a larger budget",
     )
     p.set_defaults(func=run)
     return p
