@@ -147,7 +147,7 @@ def scann_index(clustered_bank):
 
 def test_scann_recall_against_the_exact_index(clustered_bank, scann_index):
     db, q, exact, (truth, _) = clustered_bank
-    assert scann_index.params == ScannParams(141, 18, 20_000, 100)
+    assert scann_index.params == ScannParams(141, 12, 20_000, 100)
     ids, scores = scann_index.search(q, 10)
     assert ids.dtype == np.int64 and scores.dtype == np.float32 and ids.shape == (300, 10)
     r = recall(ids, truth)
@@ -219,8 +219,8 @@ def test_auto_takes_exact_below_the_crossover_and_scann_from_it():
 
 def test_scann_params_rule():
     assert ScannParams.for_size(1000) == ScannParams(0, 0, 1000, 100)
-    assert ScannParams.for_size(1_000_000) == ScannParams(1000, 48, 100_000, 100)
-    assert ScannParams.for_size(10_000_000) == ScannParams(3162, 85, 202_368, 100)
+    assert ScannParams.for_size(1_000_000) == ScannParams(1000, 32, 100_000, 100)
+    assert ScannParams.for_size(10_000_000) == ScannParams(3162, 57, 202_368, 100)
 
 
 def test_exact_index_save_load(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 
 from jaxplain.counterfactual import solver as solver_mod
 from jaxplain.counterfactual.solver import SolverConfig, solve_targets
-from jaxplain.counterfactual.verify import exhaustive, verify
+from jaxplain.counterfactual.verify import BLOCK_ROWS, exhaustive, verify
 from jaxplain.objectives import CLASS_LOSES, CLASS_WINS, PROB_ABOVE, SIM_ABOVE, SIM_BELOW, Goal
 
 
@@ -104,13 +104,16 @@ def problem():
     return bank, u0, rows, anchor, classes
 
 
-def test_verify_equals_brute_force(problem):
+@pytest.mark.parametrize("block_rows", [BLOCK_ROWS, 200, 400])  # pairs in one block, one by one, two by two
+def test_verify_equals_brute_force(problem, block_rows):
     bank, u0, rows, anchor, classes = problem
     rng = np.random.RandomState(2)
     cand = rng.randint(0, len(bank), size=(6, 200)).astype(np.int32)
     cand[:, :20] = cand[:, 20:40]  # repeats are counted once
     cand[:, -5:] = -1
-    got = verify(cand, bank, u0, Goal.stack(rows), anchor, classes, 10.0, top=5, exclude=np.arange(6))
+    got = verify(
+        cand, bank, u0, Goal.stack(rows), anchor, classes, 10.0, top=5, exclude=np.arange(6), block_rows=block_rows
+    )
     want = brute_force(bank, u0, rows, anchor, classes, 10.0, 5, exclude=np.arange(6), cand=cand)
     np.testing.assert_array_equal(got.ids, want)
     assert (got.valid == (want >= 0)).all()

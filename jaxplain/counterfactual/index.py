@@ -194,7 +194,7 @@ class ScannParams:
       num_leaves_to_search: partitions scored per query.
       training_sample_size: rows the partitioner and the quantiser are trained on.
       reorder: candidates re-scored exactly with float dot products; a search re-scores
-        ``max(reorder, 4·k)`` so that large ``k`` keeps its recall.
+        ``max(reorder, 2·k)`` so that large ``k`` keeps its recall.
     """
 
     num_leaves: int
@@ -209,20 +209,22 @@ class ScannParams:
         * ``n < SCANN_TREE_MIN_SIZE``: no tree, every item scored in float (leaves of a few dozen items
           lose recall: 0.95 at 2,048 items, 0.71 at 1,024; and asymmetric hashing needs ≥ 16 points);
         * ``num_leaves = round(√n)``: ≈ √n items per leaf, the balance the ScaNN authors advise;
-        * ``num_leaves_to_search = ⌈1.5·√num_leaves⌉`` (≈ 1.5·n^¾ items scored with the quantised codes:
-          15 % of 10k items, 4.8 % of 1M, 2.7 % of 10M). A fixed share scores far more items than recall
-          needs on big banks. On clustered banks (``benchmarks/bench_index.py``, 1M items) recall@10 was
-          0.952 / 0.968 / 0.986 with 32 / 50 / 100 of the 1,000 leaves, at 19k / 15k / 9k queries/s; on
-          the shipped model's targets in the 1M-embedding bank of ``benchmarks/bench_counterfactuals.py``,
-          recall@64 was 0.966 / 0.971 / 0.973, 0.23 / 0.33 / 0.54 s for 4,000 queries;
+        * ``num_leaves_to_search = ⌈√num_leaves⌉`` (≈ n^¾ items scored with the quantised codes: 10 % of
+          10k items, 3.2 % of 1M, 1.8 % of 10M). A fixed share scores far more items than recall needs on
+          big banks. On clustered banks (``benchmarks/bench_index.py``, 1M items) recall@10 was 0.952 /
+          0.968 / 0.986 with 32 / 50 / 100 of the 1,000 leaves, at 19k / 15k / 9k queries/s. What the
+          counterfactual search needs is less than that: on the shipped model's 1,000 benchmark pairs
+          (``benchmarks/bench_counterfactuals.py``, class changes), found-rate and median proximity against
+          the oracle were the same with 24, 32 or 48 of the 1,000 leaves on the 1M-embedding bank and with
+          8, 10 or 15 of the 100 leaves on the 10k real bank; the targets, not the index, limit them;
         * ``training_sample_size = min(n, max(100_000, 64·num_leaves))``: the k-means tree and the
           codebooks need tens of points per leaf; 100k bounds the training time of big banks;
-        * ``reorder = 100`` (raised to ``4·k`` at search time).
+        * ``reorder = 100`` (raised to ``2·k`` at search time).
         """
         if n < SCANN_TREE_MIN_SIZE:
             return cls(0, 0, n, min(n, 100))
         leaves = max(2, round(math.sqrt(n)))
-        return cls(leaves, math.ceil(1.5 * math.sqrt(leaves)), min(n, max(100_000, 64 * leaves)), 100)
+        return cls(leaves, math.ceil(math.sqrt(leaves)), min(n, max(100_000, 64 * leaves)), 100)
 
 
 class ScannIndex:
@@ -269,7 +271,7 @@ class ScannIndex:
         k = _check_k(k, self.size)
         if not len(q):
             return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
-        kw = {"pre_reorder_num_neighbors": min(self.size, max(self.params.reorder, 4 * k))}
+        kw = {"pre_reorder_num_neighbors": min(self.size, max(self.params.reorder, 2 * k))}
         if self.params.num_leaves:
             kw["leaves_to_search"] = self.params.num_leaves_to_search
         else:

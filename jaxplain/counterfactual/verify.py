@@ -21,6 +21,7 @@ from jaxplain.batching import bucket
 from jaxplain.counterfactual.solver import pad_edge
 from jaxplain.objectives import Goal, margin, reported_score
 
+BLOCK_ROWS = 4096  # candidates gathered and scored at once (pairs × candidates per pair)
 SAME_ITEM = 1e-3  # ‖x − u0‖ below this: the same item (float32 noise of re-encoding stays far below)
 
 
@@ -79,25 +80,40 @@ def _dedupe(ids):
 
 
 def candidate_scores(x, u0, anchor, classes, scale):
-    """Scores of each pair's candidates ``x`` ``[N, K, E]`` in one batched contraction.
+    """Scores of each pair's candidates ``x`` ``[N, K, E]``.
 
     Returns ``(sim [N, K], z [N, K, C], dist [N, K])``: the similarity to the pair's anchor, the zero-shot
     logits (as :func:`~jaxplain.objectives.scores`) and ``‖x − u0‖ = sqrt(2 − 2 x·u0)`` (unit vectors, as
-    in the oracle). Each candidate row is read once against the ``C + 2`` vectors ``[u0, anchor, s·V]``;
-    separate contractions would read the gathered ``[N, K, E]`` block three times.
+    in the oracle). The logits are one ``[N·K, E] × [E, C]`` matrix product (the classes are shared by
+    the batch); the two per-pair dot products are contractions over ``E``. On 1,024 pairs × 256
+    candidates this takes 80 ms where one batched contraction against ``[u0, anchor, s·V]`` per pair
+    took 105 ms (2-core CPU; small per-pair matrix products use the cores poorly).
     """
-    n = u0.shape[0]
-    w = jnp.concatenate([u0[:, None], anchor[:, None], jnp.broadcast_to(scale * classes, (n, *classes.shape))], 1)
-    r = jax.lax.dot_general(x, w, (((2,), (2,)), ((0,), (0,))))  # [N, K, C + 2]
-    return r[..., 1], r[..., 2:], jnp.sqrt(jnp.maximum(2.0 - 2.0 * r[..., 0], 0.0))
+    n, k, e = x.shape
+    z = (x.reshape(n * k, e) @ (scale * classes).T).reshape(n, k, -1)
+    sim = jnp.einsum("nke,ne->nk", x, anchor)
+    near = jnp.einsum("nke,ne->nk", x, u0)
+    return sim, z, jnp.sqrt(jnp.maximum(2.0 - 2.0 * near, 0.0))
 
 
-@functools.partial(jax.jit, static_argnames="top")
-def _verify(cand, bank, u0, goal, anchor, classes, scale, exclude, top):
+def _verify_block(bank, classes, scale, top, block):
+    cand, u0, goal, anchor, exclude = block
     cand = _dedupe(cand)
-    x = jnp.take(bank, jnp.maximum(cand, 0), axis=0)  # [N, K, E]
+    x = jnp.take(bank, jnp.maximum(cand, 0), axis=0)  # [B, K, E]
     sim, z, dist = candidate_scores(x, u0, anchor, classes, scale)
     return jax.vmap(_rank, in_axes=(0, 0, 0, 0, None, 0, None))(cand, (sim, z), dist, goal, scale, exclude, top)
+
+
+@functools.partial(jax.jit, static_argnames=("top", "block_rows"))
+def _verify(cand, bank, u0, goal, anchor, classes, scale, exclude, top, block_rows):
+    # Blocks of pairs, one after another, each with at most block_rows candidates (or one pair): a
+    # block's gathered candidates stay small and their buffer is reused, where gathering every pair's
+    # at once wrote hundreds of MB of fresh pages (1,024 pairs × 256 candidates: 0.15–0.3 s, not 0.05 s).
+    n, k = cand.shape  # n: a power-of-two bucket
+    b = min(n, 1 << max(0, (block_rows // k).bit_length() - 1))
+    blocks = jax.tree.map(lambda a: a.reshape(n // b, b, *a.shape[1:]), (cand, u0, goal, anchor, exclude))
+    out = jax.lax.map(functools.partial(_verify_block, bank, classes, scale, top), blocks)
+    return jax.tree.map(lambda a: a.reshape(n, *a.shape[2:]), out)
 
 
 def _inputs(u0, goal, anchor, exclude, n):
@@ -121,6 +137,7 @@ def verify(
     scale: float,
     top: int,
     exclude: np.ndarray | None = None,
+    block_rows: int = BLOCK_ROWS,
 ) -> Verified:
     """Re-score retrieved candidates exactly and keep the best valid ones.
 
@@ -130,13 +147,15 @@ def verify(
       u0: ``[N, E]`` original embeddings; goal, anchor, classes, scale: as for the solver.
       top: how many counterfactuals to keep per pair (``top <= K``).
       exclude: ``[N]`` a bank row per pair that may not be returned (the original item itself), or -1.
+      block_rows: candidates gathered and scored at once (whole pairs, at least one); bounds memory.
     """
     n = len(u0)
     if top > candidates.shape[1]:
         raise ValueError(f"top={top} exceeds the {candidates.shape[1]} candidates per pair")
     u0_, goal_, anchor_, excl_ = _inputs(u0, goal, anchor, exclude, n)
     cand = jnp.asarray(pad_edge(np.asarray(candidates, np.int32), len(u0_)))
-    out = _verify(cand, jnp.asarray(bank), u0_, goal_, anchor_, jnp.asarray(classes), jnp.float32(scale), excl_, top)
+    args = (cand, jnp.asarray(bank), u0_, goal_, anchor_, jnp.asarray(classes), jnp.float32(scale), excl_)
+    out = _verify(*args, top=top, block_rows=block_rows)
     return Verified(*(np.asarray(x)[:n] for x in out))
 
 
