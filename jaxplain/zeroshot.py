@@ -16,6 +16,7 @@ import numpy as np
 from jaxplain.errors import InputError
 from jaxplain.models.bundle import Model
 
+CLASS_CACHE_SIZE = 16  # sets of class embeddings kept per model (see class_embeddings)
 DEFAULT_TEMPLATES = (
     "a photo of a {}.",
     "a bad photo of a {}.",
@@ -64,9 +65,20 @@ def prompts(class_names: Sequence[str], templates: Sequence[str]) -> list[str]:
 def class_embeddings(
     model: Model, class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
 ) -> np.ndarray:
-    """Prompt-ensembled class embeddings ``[C, E]`` (unit norm, float32)."""
-    emb = model.encode_texts(prompts(class_names, templates))
-    return np.asarray(ensemble(emb.reshape(len(class_names), len(templates), -1)))
+    """Prompt-ensembled class embeddings ``[C, E]`` (unit norm, float32).
+
+    Kept on the model (:attr:`Model.text_cache`, up to ``CLASS_CACHE_SIZE`` sets of classes and templates),
+    so that explaining batch after batch against the same classes encodes their prompts once.
+    """
+    texts = prompts(class_names, templates)  # validates the names and templates
+    key = ("class embeddings", len(class_names), tuple(texts))
+    cache = model.text_cache
+    if key not in cache:
+        emb = model.encode_texts(texts)
+        if len(cache) >= CLASS_CACHE_SIZE:
+            cache.pop(next(iter(cache)))  # the oldest
+        cache[key] = np.asarray(ensemble(emb.reshape(len(class_names), len(templates), -1)))
+    return cache[key].copy()
 
 
 def classify(

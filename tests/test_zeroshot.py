@@ -47,3 +47,27 @@ def test_classify_equals_the_composition(tiny_model, reference):
     want /= want.sum(1, keepdims=True)
     np.testing.assert_allclose(p, want, atol=1e-6)
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-6)
+
+
+def test_class_embeddings_are_kept_on_the_model(tiny_model):
+    import jax
+
+    from jaxplain.zeroshot import class_embeddings
+
+    names, templates = ["shirt", "boot"], ["a photo of a {}.", "a {}."]
+    model = tiny_model.with_params(jax.tree.map(lambda a: a, tiny_model.params), same_model=True)  # own cache
+    v = model.encode_texts([t.format(c) for c in names for t in templates]).reshape(2, 2, -1).mean(1)
+    want = v / np.linalg.norm(v, axis=-1, keepdims=True)
+    calls = []
+    encode = model.encode_texts
+    object.__setattr__(model, "encode_texts", lambda texts: calls.append(list(texts)) or encode(texts))
+    first = class_embeddings(model, names, templates)
+    np.testing.assert_allclose(first, want, atol=1e-6)
+    first[:] = 0  # the caller's copy: the kept one is unchanged
+    np.testing.assert_array_equal(class_embeddings(model, names, templates), class_embeddings(model, names, templates))
+    np.testing.assert_allclose(class_embeddings(model, names, templates), want, atol=1e-6)
+    assert len(calls) == 1
+    other = class_embeddings(model, names, templates[:1])  # other templates: encoded afresh
+    assert len(calls) == 2 and not np.allclose(other, want)
+    with pytest.raises(InputError, match="empty"):
+        class_embeddings(model, ["shirt", " "], templates)

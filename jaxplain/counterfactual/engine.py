@@ -340,7 +340,7 @@ def counterfactuals(
     else:
         ver = _retrieve_and_verify(problem, bank, min(k, len(bank.embeddings)), top, solver, escalate, timings)
     rescued = _exhaustive_rest(problem, bank, ver, m0, top, timings) if rescue and search == "index" else 0
-    pairs = tuple(_pair_result(i, side, problem, bank, ver, m0, s0, pred0) for i in range(n))
+    pairs = _pair_results(side, problem, bank, ver, m0, s0, pred0)
     timings["total"] = time.perf_counter() - start
     return CounterfactualResult(pairs, timings, search, rescued)
 
@@ -371,36 +371,46 @@ def _exhaustive_rest(problem: Problem, bank, ver: Verified, m0: np.ndarray, top:
     return len(rest)
 
 
-def _pair_result(i, side, problem: Problem, bank, ver: Verified, m0, s0, pred0) -> PairResult:
+def _pair_results(side, problem: Problem, bank, ver: Verified, m0, s0, pred0) -> tuple[PairResult, ...]:
+    """One :class:`PairResult` per pair. The arrays become Python lists once, not element by element."""
     names = problem.class_names
     labels = getattr(bank, "labels", None)
-    cfs = []
-    if m0[i] <= 0:
-        for r in range(ver.ids.shape[1]):
-            if not ver.valid[i, r]:
-                break
-            row = int(ver.ids[i, r])
-            cfs.append(
-                Counterfactual(
-                    rank=r + 1,
-                    bank_row=row,
-                    bank_id=str(bank.ids[row]),
-                    item=str(bank.items[row]),
-                    distance=float(ver.distance[i, r]),
-                    score=float(ver.score[i, r]),
-                    predicted=names[int(ver.predicted[i, r])] if names else None,
-                    confidence=float(ver.confidence[i, r]) if names else None,
-                    margin=float(ver.margin[i, r]),
-                    label=None if labels is None else int(labels[row]),
-                )
-            )
-    status = "already" if m0[i] > 0 else ("found" if cfs else "not_found")
-    return PairResult(
-        pair=i,
-        side=side,
-        want=str(problem.wants[i]),
-        status=status,
-        original_score=float(s0[i]),
-        original_predicted=names[int(pred0[i])] if names else None,
-        counterfactuals=tuple(cfs),
+    ids, dist, score, pred, conf, marg, valid = (
+        np.asarray(a).tolist()
+        for a in (ver.ids, ver.distance, ver.score, ver.predicted, ver.confidence, ver.margin, ver.valid)
     )
+    out = []
+    for i in range(len(m0)):
+        cfs = []
+        if m0[i] <= 0:
+            for r in range(len(ids[i])):
+                if not valid[i][r]:
+                    break
+                row = ids[i][r]
+                cfs.append(
+                    Counterfactual(
+                        rank=r + 1,
+                        bank_row=row,
+                        bank_id=str(bank.ids[row]),
+                        item=str(bank.items[row]),
+                        distance=dist[i][r],
+                        score=score[i][r],
+                        predicted=names[pred[i][r]] if names else None,
+                        confidence=conf[i][r] if names else None,
+                        margin=marg[i][r],
+                        label=None if labels is None else int(labels[row]),
+                    )
+                )
+        status = "already" if m0[i] > 0 else ("found" if cfs else "not_found")
+        out.append(
+            PairResult(
+                pair=i,
+                side=side,
+                want=str(problem.wants[i]),
+                status=status,
+                original_score=float(s0[i]),
+                original_predicted=names[int(pred0[i])] if names else None,
+                counterfactuals=tuple(cfs),
+            )
+        )
+    return tuple(out)

@@ -98,6 +98,13 @@ class Model:
         kept; it holds a second copy of the layer weights."""
         return clip.unstack_layers(self.params)
 
+    @functools.cached_property
+    def text_cache(self) -> dict:
+        """Embeddings of text sets this model encodes again and again (the prompt-ensembled class
+        embeddings of :func:`jaxplain.zeroshot.class_embeddings`), kept with the model: a bundle with other
+        weights is another object, with its own empty cache."""
+        return {}
+
     def preprocess(self, images: Sequence[ImageLike]) -> np.ndarray:
         """Images → normalised pixels ``[N, 3, H, W]`` float32."""
         return self.processing(images)
