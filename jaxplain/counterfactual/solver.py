@@ -97,9 +97,9 @@ def _solve_one(u0, goal, anchor, classes, scale, depth, config: SolverConfig):
         # exactly at a stationary target (a step size says less: Adam's steps are normalised).
         # Only once λ is final: every intermediate λ has an equilibrium of its own.
         done = done | ((t >= config.steps / 2) & (jnp.linalg.norm(g) < config.tol))
-        updates, new_opt = opt.update(g, opt_state, w)
+        updates, opt_state = opt.update(g, opt_state, w)
+        # A converged pair keeps its w (its optimiser state may move on: it is never read again).
         w = jnp.where(done, w, optax.apply_updates(w, updates))
-        opt_state = jax.tree.map(lambda a, b: jnp.where(done, a, b), opt_state, new_opt)
         return (w, opt_state, done), None
 
     init = (u0, opt.init(u0), jnp.zeros((), bool))
