@@ -127,9 +127,11 @@ def test_verify_equals_brute_force(problem, block_rows):
         assert len(set(v)) == len(v) and np.all(np.diff(got.distance[i][got.valid[i]]) >= 0)
 
 
-def test_oracle_equals_brute_force_across_chunks(problem):
+# 3,000 items: chunks of 512 (the last overlapping the one before), of 500 (whole chunks), one padded chunk
+@pytest.mark.parametrize("chunk", [512, 500, 4096])
+def test_oracle_equals_brute_force_across_chunks(problem, chunk):
     bank, u0, rows, anchor, classes = problem
-    got = exhaustive(bank, u0, Goal.stack(rows), anchor, classes, 10.0, top=4, exclude=np.arange(6), chunk=512)
+    got = exhaustive(bank, u0, Goal.stack(rows), anchor, classes, 10.0, top=4, exclude=np.arange(6), chunk=chunk)
     want = brute_force(bank, u0, rows, anchor, classes, 10.0, 4, exclude=np.arange(6))
     np.testing.assert_array_equal(got.ids, want)
     assert got.valid[:5, 0].all() and not got.valid[5].any()

@@ -163,13 +163,16 @@ def verify(
 def _exhaustive(bank, u0, goal, anchor, classes, scale, exclude, top, chunk):
     m_total = bank.shape[0]
     n_chunks = -(-m_total // chunk)
-    padded = jnp.pad(bank, ((0, n_chunks * chunk - m_total), (0, 0)))
-    ids_all = jnp.arange(n_chunks * chunk, dtype=jnp.int32)
-    ids_all = jnp.where(ids_all < m_total, ids_all, -1)
+    if m_total < chunk:  # a small bank: one zero-padded chunk
+        bank = jnp.pad(bank, ((0, chunk - m_total), (0, 0)))
 
     def body(best, c):
-        x = jax.lax.dynamic_slice_in_dim(padded, c * chunk, chunk)
-        ids = jax.lax.dynamic_slice_in_dim(ids_all, c * chunk, chunk)
+        # The last chunk ends at the bank's end and overlaps the one before it; its rows that were
+        # already scored are marked -1. (Padding the bank to whole chunks would copy all of it.)
+        start = jnp.minimum(c * chunk, max(m_total - chunk, 0))
+        x = jax.lax.dynamic_slice_in_dim(bank, start, chunk)
+        ids = start + jnp.arange(chunk, dtype=jnp.int32)
+        ids = jnp.where((ids >= c * chunk) & (ids < m_total), ids, -1)
         # The bank is scored once per chunk; each pair reads its margins off these scores.
         sim = anchor @ x.T  # [N, chunk]
         z = scale * x @ classes.T  # [chunk, C]
