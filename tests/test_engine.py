@@ -11,6 +11,7 @@ import pytest
 import jaxplain
 from jaxplain.counterfactual.bank import build_bank
 from jaxplain.counterfactual.engine import counterfactuals
+from jaxplain.counterfactual.solver import SolverConfig
 from jaxplain.data import fashion_mnist
 from jaxplain.errors import InputError, JaxplainError
 
@@ -107,8 +108,13 @@ def test_auto_verifies_every_item_for_the_pairs_retrieval_left_unanswered(tiny_m
     # items are few and lie off the path from the original to its targets
     levels = [float(np.quantile(image_bank.embeddings @ v[i], 0.05)) for i in range(40)]
     kw = dict(want=[f"similarity<={lv:.4f}" for lv in levels], bank=image_bank, k=4, top=2, escalate=0)
-    index = counterfactuals(tiny_model, queries, texts, search="index", **kw)
     oracle = counterfactuals(tiny_model, queries, texts, search="exhaustive", **kw)
+    # the default (deep) similarity targets reach every pair the oracle answers
+    deep = counterfactuals(tiny_model, queries, texts, search="index", **kw)
+    assert [r.found for r in deep.pairs] == [o.found for o in oracle.pairs]
+    # with shallow targets retrieval misses some, which "auto" then verifies against every item
+    kw["solver"] = SolverConfig(similarity_depths=SolverConfig().depths)
+    index = counterfactuals(tiny_model, queries, texts, search="index", **kw)
     missed = [i for i, r in enumerate(index.pairs) if r.status == "not_found"]
     assert index.exhaustive_pairs == 0
     assert any(oracle.pairs[i].found for i in missed)  # some have an answer that retrieval missed

@@ -9,6 +9,7 @@ import pytest
 
 import jaxplain
 from jaxplain.counterfactual import build_bank, counterfactuals
+from jaxplain.counterfactual.solver import SolverConfig
 from jaxplain.data import captions, fashion_mnist
 
 CLASSES = list(fashion_mnist.CLASS_NAMES)
@@ -68,10 +69,19 @@ def test_text_side_on_the_caption_bank(shipped):
     res = counterfactuals(model, queries, own, want=wants, bank=bank, side="text", top=3)
     assert res.search == "exhaustive"  # 20 pairs × 3,000 captions: search="auto" verifies them all
     assert res.found_rate == 1.0
-    # Targets alone reach few of these: the valid captions sit in other caption clusters, off the
-    # path from the original text; the escalation rounds (64 · 8² ≥ 3,000 neighbours) reach them all.
-    idx = counterfactuals(model, queries, own, want=wants, bank=bank, side="text", top=3, search="index", escalate=2)
+    # The valid captions sit in other caption clusters, off the path from the original text. Shallow
+    # targets reach none of them, and the escalation rounds (64 · 8² ≥ 3,000 neighbours) then verify
+    # every caption: the oracle's answers.
+    shallow = SolverConfig(similarity_depths=SolverConfig().depths)
+    kw = dict(want=wants, bank=bank, side="text", top=3, search="index")
+    assert not any(r.found for r in counterfactuals(model, queries, own, escalate=0, solver=shallow, **kw).pairs)
+    idx = counterfactuals(model, queries, own, escalate=2, solver=shallow, **kw)
     assert [r.counterfactuals[0].bank_row for r in idx.pairs] == [r.counterfactuals[0].bank_row for r in res.pairs]
+    # The default deep targets (u0 − λv for larger λ) reach valid captions at once, a little farther
+    # than the nearest: measured median 1.079×, at most 1.142× the oracle's distance.
+    deep = counterfactuals(model, queries, own, escalate=2, **kw)
+    ratio = [d.counterfactuals[0].distance / r.counterfactuals[0].distance for d, r in zip(deep.pairs, res.pairs)]
+    assert min(ratio) >= 1 - 1e-6 and np.median(ratio) < 1.1 and max(ratio) < 1.15
     for i, r in enumerate(res.pairs):
         assert r.original_score == pytest.approx(float(u[i] @ v0[i]), abs=1e-5)
         for c in r.counterfactuals:
