@@ -64,7 +64,7 @@ class SolverConfig:
     # best trade nearness to u0 against a low u·v: a deeper target is a larger λ. Lowering the
     # similarity of 1,000 shipped test images to "a photo of a {their class}" to 0.2 on the 10,000
     # shipped images, retrieval answered 206 of the oracle's 1,000 pairs with the class depths and 979
-    # with these (median distance 1.09–1.12× the oracle's). Same count as ``depths``.
+    # with these (median distance 1.13× the oracle's). Same count as ``depths``.
     similarity_depths: tuple[float, ...] = (0.0, 0.2, 0.5, 1.0)
     tol: float = 1e-3
 
