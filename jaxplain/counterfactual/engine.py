@@ -36,8 +36,9 @@ EXHAUSTIVE_BUDGET = 4_000_000
 # search="auto" on a bigger problem: the pairs that retrieval left without any answer are verified
 # against every bank item while their count × items stays below this. A pair answered rather than
 # "not_found" is worth more time than a closer answer: at 16M pair-items the pass costs up to about
-# 0.8 s on a 2-core CPU (lowering a similarity on the shipped 10k-image bank, retrieval answers about
-# 60% of the pairs that have an answer; this pass answers the rest).
+# 0.8 s on a 2-core CPU (lowering a similarity on the shipped 10k-image bank, retrieval answers 90–98%
+# of the pairs that have an answer, 979 of 1,000 at level 0.2 and 903 of 993 at 0.4; this pass answers
+# the rest).
 RESCUE_BUDGET = 16_000_000
 
 
@@ -367,7 +368,7 @@ def _exhaustive_rest(problem: Problem, bank, ver: Verified, m0: np.ndarray, top:
     )
     for field, new in zip(ver, got):
         field[rest] = new
-    timings["verify"] = timings.get("verify", 0.0) + time.perf_counter() - t
+    timings["verify"] += time.perf_counter() - t  # set by the retrieval that ran before
     return len(rest)
 
 
