@@ -38,8 +38,9 @@ def ensemble(text_emb: jax.Array) -> jax.Array:
 
 
 def zero_shot_logits(image_emb: jax.Array, class_emb: jax.Array, scale: jax.Array | float) -> jax.Array:
-    """Scaled similarities ``[N, C]`` of unit image embeddings ``[N, E]`` to class embeddings ``[C, E]``."""
-    return scale * image_emb @ class_emb.T
+    """Scaled similarities ``[N, C]`` of unit image embeddings ``[N, E]`` to class embeddings ``[C, E]`` (at full
+    float32 precision, as the counterfactual verifier scores them: see :data:`jaxplain.objectives.HIGHEST`)."""
+    return scale * jnp.matmul(image_emb, class_emb.T, precision=jax.lax.Precision.HIGHEST)
 
 
 def zero_shot_probs(image_emb: jax.Array, class_emb: jax.Array, scale: jax.Array | float) -> jax.Array:

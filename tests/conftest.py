@@ -29,3 +29,17 @@ def reference():
     data["image_paths"] = [FIXTURES / "images" / n for n in meta["images"]]
     data["texts"] = meta["texts"]
     return data
+
+
+def dot_precisions(jaxpr) -> list:
+    """The precision of every dot_general in a jaxpr, its sub-jaxprs (scan, map, jit) included."""
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            out.append(eqn.params["precision"])
+        for v in eqn.params.values():
+            for sub in v if isinstance(v, (list, tuple)) else [v]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    out.extend(dot_precisions(inner))
+    return out

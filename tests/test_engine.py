@@ -118,6 +118,7 @@ def test_auto_verifies_every_item_for_the_pairs_retrieval_left_unanswered(tiny_m
     missed = [i for i, r in enumerate(index.pairs) if r.status == "not_found"]
     assert index.exhaustive_pairs == 0
     assert any(oracle.pairs[i].found for i in missed)  # some have an answer that retrieval missed
+    monkeypatch.setattr(engine.jax, "default_backend", lambda: "cpu")  # the CPU's budgets, on any machine
     monkeypatch.setattr(engine, "EXHAUSTIVE_BUDGET", 0)  # "auto" takes the index for these 40 pairs
     auto = counterfactuals(tiny_model, queries, texts, search="auto", **kw)
     assert auto.search == "index" and auto.exhaustive_pairs == len(missed)
@@ -204,3 +205,23 @@ def test_bad_calls(tiny_model, images, image_bank, tmp_path):
     assert other.fingerprint != tiny_model.fingerprint
     with pytest.raises(JaxplainError, match="a bank only serves the model that made it"):
         counterfactuals(other, images[:2], want="other-class", bank=image_bank, classes=CLASSES)
+
+
+def test_auto_budgets_follow_the_backend(tiny_model, images, image_bank, monkeypatch):
+    """On an accelerator, verifying every item beats retrieval (measured on an H100): "auto" takes the oracle
+    for problems far bigger than on a CPU."""
+    from jaxplain.counterfactual import engine
+
+    assert engine.search_budgets("cpu") == (engine.EXHAUSTIVE_BUDGET, engine.RESCUE_BUDGET)
+    assert engine.search_budgets("gpu") == engine.search_budgets("tpu") == (engine.ACCELERATOR_BUDGET,) * 2
+    queries = images[:8]
+    monkeypatch.setattr(engine.jax, "default_backend", lambda: "cpu")
+    monkeypatch.setattr(engine, "EXHAUSTIVE_BUDGET", 8 * len(image_bank.embeddings) - 1)  # 8 pairs: over it
+    kw = dict(want="other-class", bank=image_bank, classes=CLASSES, templates=TEMPLATES, search="auto")
+    assert counterfactuals(tiny_model, queries, **kw).search == "index"
+    monkeypatch.setattr(engine.jax, "default_backend", lambda: "gpu")
+    on_gpu = counterfactuals(tiny_model, queries, **kw)
+    oracle = counterfactuals(tiny_model, queries, **{**kw, "search": "exhaustive"})
+    assert on_gpu.search == "exhaustive" and on_gpu.pairs == oracle.pairs
+    monkeypatch.setattr(engine, "ACCELERATOR_BUDGET", 8 * len(image_bank.embeddings) - 1)
+    assert counterfactuals(tiny_model, queries, **kw).search == "index"

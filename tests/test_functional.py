@@ -7,6 +7,8 @@ import pytest
 
 from jaxplain.models import clip
 from jaxplain.models.bundle import encode_image_jit, encode_text_jit
+from jaxplain.train.loss import contrastive_loss
+from tests.conftest import dot_precisions
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +190,24 @@ def test_unstacked_layers_compute_the_same(tiny_model, reference):
 
     tap = jnp.zeros((cfg.vision.num_layers, 3, cfg.vision.num_positions, cfg.vision.hidden_size))
     np.testing.assert_allclose(jax.grad(tapped, 1)(params, tap), jax.grad(tapped, 1)(flat, tap), atol=1e-5)
+
+
+def test_every_matrix_product_runs_at_full_precision(tiny_model, inputs):
+    """On a GPU, JAX's default float32 product may round to TF32 (1e-4 off on an H100, and batch-shape
+    dependent). The towers, their gradients and the loss ask for HIGHEST; a CPU would not show the
+    difference in the numbers, so the test reads the traced programs."""
+    cfg, params = tiny_model.config, tiny_model.params
+    pixels, ids = inputs
+    programs = {
+        "image": jax.make_jaxpr(lambda p: clip.image_forward(p, pixels, cfg)[0])(params),
+        "text": jax.make_jaxpr(lambda p: clip.text_forward(p, ids, cfg)[0])(params),
+        "collect": jax.make_jaxpr(lambda p: clip.image_forward(p, pixels, cfg, collect=True)[1]["tokens"])(params),
+        "gradient": jax.make_jaxpr(jax.grad(lambda x: clip.image_forward(params, x, cfg)[0][:, 0].sum()))(pixels),
+        "loss": jax.make_jaxpr(lambda u, v: contrastive_loss(u, v, jnp.float32(1.0))[0])(
+            jnp.ones((4, 8)), jnp.ones((4, 8))
+        ),
+    }
+    highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+    for name, program in programs.items():
+        found = dot_precisions(program.jaxpr)
+        assert found and all(p == highest for p in found), (name, found)

@@ -7,6 +7,7 @@ from jaxplain.counterfactual import solver as solver_mod
 from jaxplain.counterfactual.solver import SolverConfig, solve_targets
 from jaxplain.counterfactual.verify import BLOCK_ROWS, exhaustive, verify
 from jaxplain.objectives import CLASS_LOSES, CLASS_WINS, PROB_ABOVE, SIM_ABOVE, SIM_BELOW, Goal
+from tests.conftest import dot_precisions
 
 
 def unit(x):
@@ -143,11 +144,48 @@ def test_verify_equals_brute_force(problem, block_rows):
         assert len(set(v)) == len(v) and np.all(np.diff(got.distance[i][got.valid[i]]) >= 0)
 
 
-# 3,000 items: chunks of 512 (the last overlapping the one before), of 500 (whole chunks), one padded chunk
-@pytest.mark.parametrize("chunk", [512, 500, 4096])
-def test_oracle_equals_brute_force_across_chunks(problem, chunk):
+# 3,000 items: chunks of 512 (the last overlapping the one before), of 500 (whole chunks), one padded chunk;
+# the 6 pairs at once, or 4 then 2
+@pytest.mark.parametrize("chunk, pairs", [(512, 4096), (500, 4096), (4096, 4096), (512, 4)])
+def test_oracle_equals_brute_force_across_chunks(problem, chunk, pairs):
     bank, u0, rows, anchor, classes = problem
-    got = exhaustive(bank, u0, Goal.stack(rows), anchor, classes, 10.0, top=4, exclude=np.arange(6), chunk=chunk)
+    goal = Goal.stack(rows)
+    got = exhaustive(bank, u0, goal, anchor, classes, 10.0, top=4, exclude=np.arange(6), chunk=chunk, pairs=pairs)
     want = brute_force(bank, u0, rows, anchor, classes, 10.0, 4, exclude=np.arange(6))
     np.testing.assert_array_equal(got.ids, want)
     assert got.valid[:5, 0].all() and not got.valid[5].any()
+
+
+def test_every_score_product_runs_at_full_precision(problem):
+    """A GPU may round float32 products to TF32 at default precision (off by 1e-4 on an H100): every product
+    that decides validity, distance or a target asks for HIGHEST. On a CPU nothing would show the difference,
+    so the test reads the traced programs."""
+    import importlib
+
+    import jax
+    import jax.numpy as jnp
+
+    engine = importlib.import_module("jaxplain.counterfactual.engine")
+    verify_mod = importlib.import_module("jaxplain.counterfactual.verify")  # the package exports a verify()
+
+    bank, u0, rows, anchor, classes = problem
+    goal = Goal(*(jnp.asarray(g) for g in Goal.stack(rows)))
+    u0, anchor, bank, classes = (jnp.asarray(a, jnp.float32) for a in (u0, anchor, bank, classes))
+    excl = jnp.full(6, -1, jnp.int32)
+    cand = jnp.zeros((6, 8), jnp.int32)
+    programs = {
+        "verify": jax.make_jaxpr(verify_mod._verify, static_argnums=(8, 9))(
+            cand, bank, u0, goal, anchor, classes, 10.0, excl, 2, 4096
+        ),
+        "oracle": jax.make_jaxpr(verify_mod._exhaustive, static_argnums=(7, 8))(
+            bank, u0, goal, anchor, classes, 10.0, excl, 2, 512
+        ),
+        "solver": jax.make_jaxpr(solver_mod._solve, static_argnums=5)(u0, goal, anchor, classes, 10.0, SolverConfig()),
+        "original": jax.make_jaxpr(engine._original_scores)(u0, anchor, classes, 10.0, goal),
+        "top classes": jax.make_jaxpr(engine._top_k_classes, static_argnums=2)(u0, classes, 2),
+    }
+    for name, program in programs.items():
+        found = dot_precisions(program.jaxpr)
+        assert found, name
+        highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+        assert all(p == highest for p in found), (name, found)

@@ -32,6 +32,7 @@ import numpy as np
 
 from jaxplain import objectives
 from jaxplain.errors import InputError
+from jaxplain.models.transformer import full_precision
 
 SIMILARITY, LOGIT, PROB, CONTRAST, MARGIN = range(5)
 KIND_NAMES = ("similarity", "logit", "prob", "contrast", "margin")
@@ -57,6 +58,7 @@ class Target(NamedTuple):
     level: jax.Array
 
 
+@full_precision
 def value(e: jax.Array, target: Target, candidates: jax.Array, scale: jax.Array | float) -> jax.Array:
     """The target of one pair (scalar fields in ``target``) for a unit embedding ``e`` ``[E]``.
 

@@ -19,9 +19,11 @@ import numpy as np
 
 from jaxplain.batching import bucket
 from jaxplain.counterfactual.solver import pad_edge
-from jaxplain.objectives import Goal, margin, reported_score
+from jaxplain.objectives import HIGHEST, Goal, margin, reported_score
 
 BLOCK_ROWS = 4096  # candidates gathered and scored at once (pairs × candidates per pair)
+# pairs the oracle checks against the bank at once: its [pairs, chunk] score blocks stay within 256 MiB
+EXHAUSTIVE_PAIRS = 4096
 SAME_ITEM = 1e-3  # ‖x − u0‖ below this: the same item (float32 noise of re-encoding stays far below)
 
 
@@ -90,9 +92,9 @@ def candidate_scores(x, u0, anchor, classes, scale):
     took 105 ms (2-core CPU; small per-pair matrix products use the cores poorly).
     """
     n, k, e = x.shape
-    z = (x.reshape(n * k, e) @ (scale * classes).T).reshape(n, k, -1)
-    sim = jnp.einsum("nke,ne->nk", x, anchor)
-    near = jnp.einsum("nke,ne->nk", x, u0)
+    z = jnp.matmul(x.reshape(n * k, e), (scale * classes).T, precision=HIGHEST).reshape(n, k, -1)
+    sim = jnp.einsum("nke,ne->nk", x, anchor, precision=HIGHEST)
+    near = jnp.einsum("nke,ne->nk", x, u0, precision=HIGHEST)
     return sim, z, jnp.sqrt(jnp.maximum(2.0 - 2.0 * near, 0.0))
 
 
@@ -174,9 +176,10 @@ def _exhaustive(bank, u0, goal, anchor, classes, scale, exclude, top, chunk):
         ids = start + jnp.arange(chunk, dtype=jnp.int32)
         ids = jnp.where((ids >= c * chunk) & (ids < m_total), ids, -1)
         # The bank is scored once per chunk; each pair reads its margins off these scores.
-        sim = anchor @ x.T  # [N, chunk]
-        z = scale * x @ classes.T  # [chunk, C]
-        dist = jnp.sqrt(jnp.maximum(2.0 - 2.0 * (u0 @ x.T), 0.0))  # unit vectors: ‖x − u0‖
+        sim = jnp.matmul(anchor, x.T, precision=HIGHEST)  # [N, chunk]
+        z = scale * jnp.matmul(x, classes.T, precision=HIGHEST)  # [chunk, C]
+        near = jnp.matmul(u0, x.T, precision=HIGHEST)
+        dist = jnp.sqrt(jnp.maximum(2.0 - 2.0 * near, 0.0))  # unit vectors: ‖x − u0‖
         ranked = jax.vmap(_rank, in_axes=(None, (0, None), 0, 0, None, 0, None))(
             ids, (sim, z), dist, goal, scale, exclude, top
         )
@@ -208,17 +211,21 @@ def exhaustive(
     top: int,
     exclude: np.ndarray | None = None,
     chunk: int = 16384,
+    pairs: int = EXHAUSTIVE_PAIRS,
 ) -> Verified:
     """The oracle: verify every bank item for every pair and keep the ``top`` valid ones nearest ``u0``.
 
-    Memory is bounded by ``chunk``: the bank is scored ``chunk`` items at a time with a running
-    merge. Arguments as for :func:`verify`. Distances are ``‖x − u0‖ = sqrt(2 − 2 x·u0)`` (unit
-    vectors), computed as :func:`verify` computes them.
+    Memory is bounded by ``chunk`` and ``pairs``: the bank is scored ``chunk`` items at a time with a
+    running merge, for at most ``pairs`` pairs at a time. Arguments as for :func:`verify`. Distances are
+    ``‖x − u0‖ = sqrt(2 − 2 x·u0)`` (unit vectors), computed as :func:`verify` computes them.
     """
     n = len(u0)
-    u0_, goal_, anchor_, excl_ = _inputs(u0, goal, anchor, exclude, n)
+    exclude = np.full(n, -1, np.int32) if exclude is None else np.asarray(exclude, np.int32)
     chunk = min(chunk, 1 << (int(np.shape(bank)[0]) - 1).bit_length())
-    out = _exhaustive(
-        jnp.asarray(bank), u0_, goal_, anchor_, jnp.asarray(classes), jnp.float32(scale), excl_, top, chunk
-    )
-    return Verified(*(np.asarray(x)[:n] for x in out))
+    bank, classes = jnp.asarray(bank), jnp.asarray(classes)
+    parts = []
+    for s in (slice(i, i + pairs) for i in range(0, n, pairs)):
+        u0_, goal_, anchor_, excl_ = _inputs(u0[s], Goal(*(g[s] for g in goal)), anchor[s], exclude[s], len(u0[s]))
+        out = _exhaustive(bank, u0_, goal_, anchor_, classes, jnp.float32(scale), excl_, top, chunk)
+        parts.append([np.asarray(x)[: len(u0[s])] for x in out])
+    return Verified(*(np.concatenate(x) for x in zip(*parts)))

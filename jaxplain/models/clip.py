@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxplain.models.config import ClipConfig
-from jaxplain.models.transformer import at_least_f32, encoder, encoder_at, layer_norm, stack, unstack
+from jaxplain.models.transformer import at_least_f32, encoder, encoder_at, full_precision, layer_norm, stack, unstack
 
 TOWERS = ("text", "vision")
 
@@ -48,6 +48,7 @@ def patchify(pixels: jax.Array, patch_size: int) -> jax.Array:
     return x.transpose(0, 2, 4, 1, 3, 5).reshape(n, gh * gw, c * patch_size * patch_size)
 
 
+@full_precision
 def image_forward(
     params: Params,
     pixels: jax.Array,
@@ -93,6 +94,7 @@ def image_forward(
     return _unit(projected), aux
 
 
+@full_precision
 def embed_patches(params: Params, pixels: jax.Array, config: ClipConfig) -> jax.Array:
     """Patch embeddings ``[N, P, D]`` of pixels ``[N, C, H, W]`` (a linear map of the pixels)."""
     v, p = config.vision, params["vision"]
@@ -119,6 +121,7 @@ def eos_positions(token_ids: jax.Array, config: ClipConfig) -> jax.Array:
     return jnp.argmax(token_ids == config.text.eos_token_id, axis=-1)
 
 
+@full_precision
 def text_forward(
     params: Params,
     token_ids: jax.Array,
@@ -195,6 +198,7 @@ def logit_scale(params: Params) -> jax.Array:
     return jnp.exp(params["logit_scale"].astype(at_least_f32(params["logit_scale"].dtype)))
 
 
+@full_precision
 def logits(params: Params, image_emb: jax.Array, text_emb: jax.Array) -> jax.Array:
     """``logits_per_image`` ``[N_images, N_texts]``: scaled cosine similarities."""
     return logit_scale(params) * image_emb @ text_emb.T

@@ -11,11 +11,13 @@ import optax
 
 from jaxplain.models import clip
 from jaxplain.models.config import ClipConfig
+from jaxplain.models.transformer import full_precision
 
 # CLIP caps the temperature at 100 so that the logits cannot blow up early in training.
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
+@full_precision
 def contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The mean of the image→text and text→image cross-entropies, pair ``i`` being the match of row ``i``.
 
