@@ -208,8 +208,8 @@ def test_bad_calls(tiny_model, images, image_bank, tmp_path):
 
 
 def test_auto_budgets_follow_the_backend(tiny_model, images, image_bank, monkeypatch):
-    """On an accelerator, verifying every item beats retrieval (measured on an H100): "auto" takes the oracle
-    for problems far bigger than on a CPU."""
+    """On an accelerator, verifying every item costs about what retrieval does (measured on an H100): "auto"
+    takes the oracle for problems far bigger than on a CPU."""
     from jaxplain.counterfactual import engine
 
     assert engine.search_budgets("cpu") == (engine.EXHAUSTIVE_BUDGET, engine.RESCUE_BUDGET)
