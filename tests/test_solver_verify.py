@@ -56,7 +56,7 @@ def test_each_kind_takes_its_schedule_of_depths():
         SolverConfig(depths=(0.0, 0.1), similarity_depths=(0.0,))
 
 
-def test_many_pairs_and_kinds_at_once_and_no_recompile():
+def test_many_pairs_and_kinds_at_once_and_no_recompile(monkeypatch):
     rng = np.random.RandomState(0)
     classes = unit(rng.randn(5, 16))
     u0 = unit(rng.randn(7, 16))
@@ -80,6 +80,11 @@ def test_many_pairs_and_kinds_at_once_and_no_recompile():
     size = solver_mod._solve._cache_size()
     solve_targets(u0[:5], Goal(*(g[:5] for g in goals)), anchor[:5], classes, 20.0, cfg)  # 5 and 7 share a bucket
     assert solver_mod._solve._cache_size() == size
+    # in blocks of 2 pairs (a CPU solves big batches in blocks): the same targets
+    monkeypatch.setattr(solver_mod, "CPU_SOLVE_BLOCK", 2)
+    blocks = solve_targets(u0, goals, anchor, classes, 20.0, cfg)
+    for got, want in zip(blocks, t):
+        np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def brute_force(bank, u0, goal_rows, anchor, classes, scale, top, exclude=None, cand=None):
