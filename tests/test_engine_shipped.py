@@ -88,3 +88,27 @@ def test_text_side_on_the_caption_bank(shipped):
             e = model.encode_texts([c.item])[0]
             assert e @ u[i] < levels[i]
             assert c.distance == pytest.approx(float(np.linalg.norm(e - v0[i])), abs=1e-4)
+
+
+def test_probability_outcome_matches_the_oracle(shipped):
+    """p(Sneaker) ≥ 0.9: the probability depths reach items the model is sure of, which the class depths
+    (targets near the boundary) mostly miss."""
+    model, images, bank = shipped
+    rows = np.random.default_rng(1).choice(len(images), 150, replace=False)
+    queries = [images[i] for i in rows]
+    kw = dict(want="prob:Sneaker>=0.9", bank=bank, classes=CLASSES, top=3)
+    orc = counterfactuals(model, queries, search="exhaustive", **kw)
+    res = counterfactuals(model, queries, search="index", **kw)
+    shallow = SolverConfig(probability_depths=SolverConfig().depths)
+    near = counterfactuals(model, queries, search="index", solver=shallow, **kw)
+    asked = sum(o.found for o in orc.pairs)
+    found, found_near = sum(r.found for r in res.pairs), sum(r.found for r in near.pairs)
+    assert found >= 0.98 * asked and found_near < 0.75 * asked  # measured: 136, 136 and 78
+    both = [
+        (r.counterfactuals[0].distance, o.counterfactuals[0].distance) for r, o in zip(res.pairs, orc.pairs) if r.found
+    ]
+    assert all(d_orc <= d + 1e-5 for d, d_orc in both)  # the oracle is the minimum over every item
+    assert np.median([d for d, _ in both]) <= 1.02 * np.median([d for _, d in both])  # measured 1.013
+    items = [c for r in res.pairs for c in r.counterfactuals]
+    p = jaxplain.classify(model, [images[c.bank_row] for c in items], CLASSES)
+    assert (p[:, CLASSES.index("Sneaker")] >= 0.9).all()  # independent re-check of every returned item

@@ -6,7 +6,7 @@ import pytest
 from jaxplain.counterfactual import solver as solver_mod
 from jaxplain.counterfactual.solver import SolverConfig, solve_targets
 from jaxplain.counterfactual.verify import BLOCK_ROWS, exhaustive, verify
-from jaxplain.objectives import CLASS_LOSES, CLASS_WINS, PROB_ABOVE, SIM_ABOVE, SIM_BELOW, Goal
+from jaxplain.objectives import CLASS_LOSES, CLASS_WINS, PROB_ABOVE, PROB_BELOW, SIM_ABOVE, SIM_BELOW, Goal
 from tests.conftest import dot_precisions
 
 
@@ -19,7 +19,7 @@ def test_similarity_target_is_the_nearest_point_of_the_region():
     # u0 = e1, anchor v = e2: the nearest unit e with e·v ≥ L is (cos asin L, L, 0).
     u0 = np.array([[1.0, 0.0, 0.0]], np.float32)
     v = np.array([[0.0, 1.0, 0.0]], np.float32)
-    cfg = SolverConfig(depths=(0.0, 0.0), similarity_depths=(0.0, 0.05), steps=400)
+    cfg = SolverConfig(depths=(0.0, 0.0), similarity_depths=(0.0, 0.05), probability_depths=(0.0, 0.0), steps=400)
     t = solve_targets(u0, Goal.stack([(SIM_ABOVE, 0, 0.5)]), v, np.eye(3, dtype=np.float32)[:1], 1.0, cfg)
     for d, depth in enumerate(cfg.similarity_depths):
         level = 0.5 + depth
@@ -35,25 +35,35 @@ def test_class_target_lands_on_the_boundary_cone():
     # V = identity: class 2 wins where e₂ > e₀, e₁. From u0 ∝ (1, .2, .1) the nearest such point
     # lies on the plane e₀ = e₂: normalise((a, .2, a)) with a = (1 + .1)/2.
     u0 = unit([[1.0, 0.2, 0.1]])
-    cfg = SolverConfig(depths=(0.0,), similarity_depths=(0.0,), steps=400)
+    cfg = SolverConfig(depths=(0.0,), similarity_depths=(0.0,), probability_depths=(0.0,), steps=400)
     t = solve_targets(u0, Goal.stack([(CLASS_WINS, 2, 0.0)]), u0, np.eye(3, dtype=np.float32), 100.0, cfg)
     np.testing.assert_allclose(t.embedding[0, 0], unit([0.55, 0.2, 0.55]), atol=0.01)
 
 
 def test_each_kind_takes_its_schedule_of_depths():
-    # one similarity pair and one class pair in a batch: u0 = e1; raise u·e2 above 0; make class 2
-    # (V = identity) win. Each target's margin settles just short of its own schedule's depth.
-    u0 = unit([[1.0, 0.0, 0.0], [1.0, 0.2, 0.1]])
-    anchor = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], np.float32)
-    goals = Goal.stack([(SIM_ABOVE, 0, 0.0), (CLASS_WINS, 2, 0.0)])
-    cfg = SolverConfig(depths=(0.0, 0.02, 0.04), similarity_depths=(0.0, 0.3, 0.6), steps=400)
+    # a similarity pair, a class pair and a probability pair in a batch: u0 = e1, raise u·e2 above 0;
+    # make class 2 (V = identity) win; bring p_0 (0.97 at u0) down to 0.5. Each target's margin settles
+    # just short of its own schedule's depth.
+    u0 = unit([[1.0, 0.0, 0.0], [1.0, 0.2, 0.1], [1.0, 0.95, 0.1]])
+    anchor = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], np.float32)
+    goals = Goal.stack([(SIM_ABOVE, 0, 0.0), (CLASS_WINS, 2, 0.0), (PROB_BELOW, 0, np.log(0.5))])
+    cfg = SolverConfig(
+        depths=(0.0, 0.02, 0.04), similarity_depths=(0.0, 0.3, 0.6), probability_depths=(0.0, 0.05, 0.1), steps=400
+    )
     t = solve_targets(u0, goals, anchor, np.eye(3, dtype=np.float32), 100.0, cfg)
     np.testing.assert_allclose(t.margin[0], cfg.similarity_depths, atol=0.01)
     np.testing.assert_allclose(t.margin[1], cfg.depths, atol=0.01)
+    np.testing.assert_allclose(t.margin[2], cfg.probability_depths, atol=0.01)
     # the similarity target at depth δ is (cos asin δ, δ, 0)
     np.testing.assert_allclose(t.embedding[0, 2], [np.sqrt(1 - 0.36), 0.6, 0.0], atol=0.01)
+    # the probability target at depth δ: log 0.5 − log p_0 = 100 δ at the target
+    z = 100 * t.embedding[2]
+    log_p0 = z[:, 0] - np.log(np.exp(z).sum(-1))
+    np.testing.assert_allclose((np.log(0.5) - log_p0) / 100, t.margin[2], atol=1e-4)
     with pytest.raises(ValueError, match="as many entries"):
         SolverConfig(depths=(0.0, 0.1), similarity_depths=(0.0,))
+    with pytest.raises(ValueError, match="as many entries"):
+        SolverConfig(probability_depths=(0.0,))
 
 
 def test_many_pairs_and_kinds_at_once_and_no_recompile(monkeypatch):
