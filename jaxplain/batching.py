@@ -50,6 +50,18 @@ def map_bucketed(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_si
     return np.concatenate(outs)
 
 
+def map_blocks(fn: Callable, arrays, n: int, block: int):
+    """``fn`` on consecutive blocks of at most ``block`` rows of a pytree of ``n``-row ``arrays``; its
+    outputs (a pytree of arrays, rows first) are joined back along the rows, as NumPy arrays.
+
+    For work whose cost or memory grows faster than its batch: ``fn`` pads each block to its own
+    bucket, so a jitted ``fn`` compiles for the full block and the last one's bucket."""
+    import jax
+
+    outs = [fn(jax.tree.map(lambda a, s=s: a[s], arrays)) for s in chunks(n, block)]
+    return jax.tree.map(lambda *parts: np.concatenate([np.asarray(p) for p in parts]), *outs)
+
+
 def progress(total: int, desc: str, unit: str, show: bool = True):
     """A progress bar on standard error (``show=False``: a silent one)."""
     from tqdm.auto import tqdm

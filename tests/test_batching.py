@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxplain.batching import bucket, chunks, map_bucketed, pad_rows
+from jaxplain.batching import bucket, chunks, map_blocks, map_bucketed, pad_rows
 
 
 @pytest.mark.parametrize(
@@ -36,3 +36,19 @@ def test_map_bucketed_sees_only_bucket_shapes():
     out = map_bucketed(fn, x, batch_size=16)
     np.testing.assert_array_equal(out, x * 2)
     assert seen == [16, 8]
+
+
+def test_map_blocks_joins_each_output_field():
+    x = np.arange(10.0)
+    pairs = (x, {"y": np.arange(10) * 10})
+    seen = []
+
+    def fn(block):
+        a, d = block
+        seen.append(len(a))
+        return {"sum": a + d["y"], "first": np.repeat(a[:1], len(a))}
+
+    out = map_blocks(fn, pairs, 10, 4)
+    assert seen == [4, 4, 2]
+    np.testing.assert_array_equal(out["sum"], np.arange(10.0) * 11)
+    np.testing.assert_array_equal(out["first"], [0, 0, 0, 0, 4, 4, 4, 4, 8, 8])

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxplain.batching import bucket
+from jaxplain.batching import bucket, map_blocks
 from jaxplain.counterfactual.solver import SolverConfig, pad_edge, solve_targets
 from jaxplain.counterfactual.verify import Verified, exhaustive, verify
 from jaxplain.errors import InputError
@@ -242,20 +242,14 @@ def _original(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _verify_chunked(cand: np.ndarray, bank, problem: Problem, rows: np.ndarray, top: int) -> Verified:
-    parts = [
-        verify(
-            cand[s],
-            bank.device_embeddings,
-            problem.u0[rows[s]],
-            Goal(*(g[rows[s]] for g in problem.goal)),
-            problem.anchor[rows[s]],
-            problem.classes,
-            problem.scale,
-            top,
+    def check(block):
+        c, r = block
+        goal = Goal(*(g[r] for g in problem.goal))
+        return verify(
+            c, bank.device_embeddings, problem.u0[r], goal, problem.anchor[r], problem.classes, problem.scale, top
         )
-        for s in (slice(i, i + PAIR_CHUNK) for i in range(0, len(rows), PAIR_CHUNK))
-    ]
-    return Verified(*(np.concatenate(x) for x in zip(*parts)))
+
+    return map_blocks(check, (cand, rows), len(rows), PAIR_CHUNK)
 
 
 def _retrieve_and_verify(

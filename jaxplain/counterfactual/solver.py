@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxplain.batching import bucket
+from jaxplain.batching import bucket, map_blocks
 from jaxplain.objectives import PROB_ABOVE, SIM_BELOW, Goal, margin, scores
 
 
@@ -189,16 +189,14 @@ def solve_targets(
     n = len(u0)
     if n == 0:
         raise ValueError("no pairs to solve")
-    u0, anchor = np.asarray(u0, np.float32), np.asarray(anchor, np.float32)
-    goal = Goal(*(np.asarray(g) for g in goal))
-    block = CPU_SOLVE_BLOCK if jax.default_backend() == "cpu" else n
     classes, scale = jnp.asarray(classes, jnp.float32), jnp.float32(scale)
-    parts = []
-    for s in (slice(i, i + block) for i in range(0, n, block)):  # dispatched without waiting
-        rows = len(u0[s])
-        b = bucket(rows)
-        pad = lambda x, b=b: jnp.asarray(pad_edge(x, b))  # noqa: E731
-        out = _solve(pad(u0[s]), Goal(*(pad(g[s]) for g in goal)), pad(anchor[s]), classes, scale, config)
-        parts.append((rows, out))
-    fields = zip(*(out for _, out in parts))  # each field's arrays, block by block
-    return Targets(*(np.concatenate([np.asarray(x)[:rows] for x, (rows, _) in zip(f, parts)]) for f in fields))
+
+    def solve(block):
+        u0_b, goal_b, anchor_b = block
+        rows = len(u0_b)
+        pad = lambda x: jnp.asarray(pad_edge(np.asarray(x), bucket(rows)))  # noqa: E731
+        out = _solve(pad(u0_b), Goal(*(pad(g) for g in goal_b)), pad(anchor_b), classes, scale, config)
+        return Targets(*(x[:rows] for x in out))  # sliced on the device: the blocks run without waiting
+
+    arrays = (np.asarray(u0, np.float32), Goal(*(np.asarray(g) for g in goal)), np.asarray(anchor, np.float32))
+    return map_blocks(solve, arrays, n, CPU_SOLVE_BLOCK if jax.default_backend() == "cpu" else n)

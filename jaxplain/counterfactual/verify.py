@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxplain.batching import bucket
+from jaxplain.batching import bucket, map_blocks
 from jaxplain.counterfactual.solver import pad_edge
 from jaxplain.objectives import HIGHEST, Goal, margin, reported_score
 
@@ -223,9 +223,10 @@ def exhaustive(
     exclude = np.full(n, -1, np.int32) if exclude is None else np.asarray(exclude, np.int32)
     chunk = min(chunk, 1 << (int(np.shape(bank)[0]) - 1).bit_length())
     bank, classes = jnp.asarray(bank), jnp.asarray(classes)
-    parts = []
-    for s in (slice(i, i + pairs) for i in range(0, n, pairs)):
-        u0_, goal_, anchor_, excl_ = _inputs(u0[s], Goal(*(g[s] for g in goal)), anchor[s], exclude[s], len(u0[s]))
+
+    def check(block):
+        u0_, goal_, anchor_, excl_ = _inputs(*block, len(block[0]))
         out = _exhaustive(bank, u0_, goal_, anchor_, classes, jnp.float32(scale), excl_, top, chunk)
-        parts.append([np.asarray(x)[: len(u0[s])] for x in out])
-    return Verified(*(np.concatenate(x) for x in zip(*parts)))
+        return Verified(*(x[: len(block[0])] for x in out))
+
+    return map_blocks(check, (u0, Goal(*goal), anchor, exclude), n, pairs)
