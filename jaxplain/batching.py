@@ -30,6 +30,23 @@ def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([x, pad])
 
 
+def pad_edge(x: np.ndarray, size: int) -> np.ndarray:
+    """Pad ``x`` along axis 0 to ``size`` rows by repeating its last row (keeps padded rows valid inputs)."""
+    if x.shape[0] == size:
+        return x
+    return np.concatenate([x, np.repeat(x[-1:], size - x.shape[0], axis=0)])
+
+
+def to_bucket(arrays, n: int):
+    """A pytree of ``n``-row host arrays as device arrays of ``bucket(n)`` rows, padded with
+    :func:`pad_edge`: a jitted function then compiles once per bucket, and its padded rows are valid inputs."""
+    import jax
+    import jax.numpy as jnp
+
+    b = bucket(n)
+    return jax.tree.map(lambda a: jnp.asarray(pad_edge(np.asarray(a), b)), arrays)
+
+
 def chunks(n: int, batch_size: int) -> Iterator[slice]:
     """Consecutive slices of at most ``batch_size`` covering ``range(n)``."""
     for start in range(0, n, batch_size):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxplain.batching import bucket, chunks, map_blocks, map_bucketed, pad_rows
+from jaxplain.batching import bucket, chunks, map_blocks, map_bucketed, pad_edge, pad_rows, to_bucket
 
 
 @pytest.mark.parametrize(
@@ -52,3 +52,11 @@ def test_map_blocks_joins_each_output_field():
     assert seen == [4, 4, 2]
     np.testing.assert_array_equal(out["sum"], np.arange(10.0) * 11)
     np.testing.assert_array_equal(out["first"], [0, 0, 0, 0, 4, 4, 4, 4, 8, 8])
+
+
+def test_to_bucket_pads_with_the_last_row():
+    x = np.arange(10.0).reshape(5, 2)
+    out = to_bucket((x, {"ids": np.array([3, 1, 4, 1, 5])}), 5)  # bucket 8
+    np.testing.assert_array_equal(np.asarray(out[0]), np.concatenate([x, [[8.0, 9.0]] * 3]))
+    np.testing.assert_array_equal(np.asarray(out[1]["ids"]), [3, 1, 4, 1, 5, 5, 5, 5])
+    np.testing.assert_array_equal(pad_edge(x, 5), x)

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxplain.batching import bucket, map_blocks
-from jaxplain.counterfactual.solver import SolverConfig, pad_edge, solve_targets
+from jaxplain.batching import map_blocks, to_bucket
+from jaxplain.counterfactual.solver import SolverConfig, solve_targets
 from jaxplain.counterfactual.verify import Verified, exhaustive, verify
 from jaxplain.errors import InputError
 from jaxplain.models.bundle import Model
@@ -216,9 +216,8 @@ def _top_classes(u0: np.ndarray, classes: np.ndarray) -> np.ndarray:
     Jitted rather than a NumPy product: NumPy's BLAS threads keep spinning for a while after a call,
     and on a 2-core machine they slowed the solver that runs next by half.
     """
-    n = len(u0)
-    padded = jnp.asarray(pad_edge(np.asarray(u0, np.float32), bucket(n)))
-    return np.asarray(_top_k_classes(padded, jnp.asarray(classes, jnp.float32), min(2, len(classes))))[:n]
+    padded = to_bucket(np.asarray(u0, np.float32), len(u0))
+    return np.asarray(_top_k_classes(padded, jnp.asarray(classes, jnp.float32), min(2, len(classes))))[: len(u0)]
 
 
 @jax.jit
@@ -235,9 +234,8 @@ def _original(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     slowed the solver call that follows them by up to half (measured on a 2-core CPU).
     """
     n = len(problem.u0)
-    pad = lambda x: jnp.asarray(pad_edge(np.asarray(x), bucket(n)))  # noqa: E731
-    goal = Goal(*(pad(g) for g in problem.goal))
-    out = _original_scores(pad(problem.u0), pad(problem.anchor), problem.classes, jnp.float32(problem.scale), goal)
+    u0, anchor, goal = to_bucket((problem.u0, problem.anchor, problem.goal), n)
+    out = _original_scores(u0, anchor, problem.classes, jnp.float32(problem.scale), goal)
     return tuple(np.asarray(x)[:n] for x in out)
 
 

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxplain.batching import bucket, map_blocks
+from jaxplain.batching import map_blocks, to_bucket
 from jaxplain.objectives import PROB_ABOVE, SIM_BELOW, Goal, margin, scores
 
 
@@ -155,13 +155,6 @@ def _solve(u0, goal, anchor, classes, scale, config: SolverConfig) -> Targets:
 CPU_SOLVE_BLOCK = 1024
 
 
-def pad_edge(x: np.ndarray, size: int) -> np.ndarray:
-    """Pad ``x`` along axis 0 to ``size`` rows by repeating its last row (keeps padded rows valid inputs)."""
-    if x.shape[0] == size:
-        return x
-    return np.concatenate([x, np.repeat(x[-1:], size - x.shape[0], axis=0)])
-
-
 def solve_targets(
     u0: np.ndarray,
     goal: Goal,
@@ -194,8 +187,7 @@ def solve_targets(
     def solve(block):
         u0_b, goal_b, anchor_b = block
         rows = len(u0_b)
-        pad = lambda x: jnp.asarray(pad_edge(np.asarray(x), bucket(rows)))  # noqa: E731
-        out = _solve(pad(u0_b), Goal(*(pad(g) for g in goal_b)), pad(anchor_b), classes, scale, config)
+        out = _solve(*to_bucket((u0_b, goal_b, anchor_b), rows), classes, scale, config)
         return Targets(*(x[:rows] for x in out))  # sliced on the device: the blocks run without waiting
 
     arrays = (np.asarray(u0, np.float32), Goal(*(np.asarray(g) for g in goal)), np.asarray(anchor, np.float32))

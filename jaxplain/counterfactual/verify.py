@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxplain.batching import bucket, map_blocks
-from jaxplain.counterfactual.solver import pad_edge
+from jaxplain.batching import map_blocks, to_bucket
 from jaxplain.objectives import HIGHEST, Goal, margin, reported_score
 
 BLOCK_ROWS = 4096  # candidates gathered and scored at once (pairs × candidates per pair)
@@ -119,14 +118,8 @@ def _verify(cand, bank, u0, goal, anchor, classes, scale, exclude, top, block_ro
 
 
 def _inputs(u0, goal, anchor, exclude, n):
-    b = bucket(n)
     exclude = np.full(n, -1, np.int32) if exclude is None else np.asarray(exclude, np.int32)
-    return (
-        jnp.asarray(pad_edge(np.asarray(u0, np.float32), b)),
-        Goal(*(jnp.asarray(pad_edge(np.asarray(g), b)) for g in goal)),
-        jnp.asarray(pad_edge(np.asarray(anchor, np.float32), b)),
-        jnp.asarray(pad_edge(exclude, b)),
-    )
+    return to_bucket((np.asarray(u0, np.float32), Goal(*goal), np.asarray(anchor, np.float32), exclude), n)
 
 
 def verify(
@@ -155,7 +148,7 @@ def verify(
     if top > candidates.shape[1]:
         raise ValueError(f"top={top} exceeds the {candidates.shape[1]} candidates per pair")
     u0_, goal_, anchor_, excl_ = _inputs(u0, goal, anchor, exclude, n)
-    cand = jnp.asarray(pad_edge(np.asarray(candidates, np.int32), len(u0_)))
+    cand = to_bucket(np.asarray(candidates, np.int32), n)
     args = (cand, jnp.asarray(bank), u0_, goal_, anchor_, jnp.asarray(classes), jnp.float32(scale), excl_)
     out = _verify(*args, top=top, block_rows=block_rows)
     return Verified(*(np.asarray(x)[:n] for x in out))
