@@ -49,6 +49,8 @@ def to_bucket(arrays, n: int):
 
 def chunks(n: int, batch_size: int) -> Iterator[slice]:
     """Consecutive slices of at most ``batch_size`` covering ``range(n)``."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
     for start in range(0, n, batch_size):
         yield slice(start, min(n, start + batch_size))
 

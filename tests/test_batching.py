@@ -60,3 +60,8 @@ def test_to_bucket_pads_with_the_last_row():
     np.testing.assert_array_equal(np.asarray(out[0]), np.concatenate([x, [[8.0, 9.0]] * 3]))
     np.testing.assert_array_equal(np.asarray(out[1]["ids"]), [3, 1, 4, 1, 5, 5, 5, 5])
     np.testing.assert_array_equal(pad_edge(x, 5), x)
+
+
+def test_blocks_of_no_rows_are_refused():
+    with pytest.raises(ValueError, match="batch size must be positive, got 0"):
+        map_blocks(lambda b: b, np.arange(3), 3, 0)
