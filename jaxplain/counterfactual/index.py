@@ -32,9 +32,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxplain.batching import bucket, chunks, pad_rows
 from jaxplain.errors import InputError, JaxplainError
+from jaxplain.sharding import BANK, replicate, shard_global
 
 CHUNK_ROWS = 8192  # bank rows scored per step of the exact search: [QUERY_BLOCK, CHUNK_ROWS] float32 = 32 MiB
 QUERY_BLOCK = 1024  # queries per call of the jitted exact search (larger query sets are split)
@@ -92,26 +94,15 @@ def _check_k(k: int, size: int) -> int:
 # ----------------------------------------------------------------------------------------------- exact
 
 
-@functools.partial(jax.jit, static_argnames="k")
-def exact_top_k(bank: jax.Array, size: jax.Array, queries: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """Exact top-``k`` by dot product, scanning the bank a chunk at a time.
-
-    Args:
-      bank: ``[C, R, E]`` float32, the bank's rows in ``C`` chunks of ``R`` (zero-padded at the end).
-      size: scalar int, the number of real rows; padding rows never win.
-      queries: ``[Q, E]`` float32.
-      k: static, ``1 ≤ k ≤ size``.
-
-    Returns:
-      ``(ids [Q, k] int32, scores [Q, k] float32)``, best first; equal scores keep the lower row first.
-    """
+def _scan_top_k(bank, size, queries, k, offset):
+    """Top-``k`` of ``queries`` over chunks ``bank`` ``[C, R, E]`` whose first row is global row ``offset``."""
     num_chunks, rows, _ = bank.shape
     k_chunk = min(k, rows)
 
     def step(best, xs):
         best_scores, best_ids = best
         chunk, c = xs
-        row = c * rows + jnp.arange(rows, dtype=jnp.int32)
+        row = offset + c * rows + jnp.arange(rows, dtype=jnp.int32)
         s = jnp.matmul(queries, chunk.T, precision=jax.lax.Precision.HIGHEST)
         s = jnp.where(row[None, :] < size, s, -jnp.inf)
         top_s, top_pos = jax.lax.top_k(s, k_chunk)
@@ -127,26 +118,101 @@ def exact_top_k(bank: jax.Array, size: jax.Array, queries: jax.Array, k: int) ->
     return ids, scores
 
 
+@functools.partial(jax.jit, static_argnames="k")
+def exact_top_k(bank: jax.Array, size: jax.Array, queries: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """Exact top-``k`` by dot product, scanning the bank a chunk at a time.
+
+    Args:
+      bank: ``[C, R, E]`` float32, the bank's rows in ``C`` chunks of ``R`` (zero-padded at the end).
+      size: scalar int, the number of real rows; padding rows never win.
+      queries: ``[Q, E]`` float32.
+      k: static, ``1 ≤ k ≤ size``.
+
+    Returns:
+      ``(ids [Q, k] int32, scores [Q, k] float32)``, best first; equal scores keep the lower row first.
+    """
+    return _scan_top_k(bank, size, queries, k, 0)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "mesh", "axis"))
+def sharded_exact_top_k(
+    bank: jax.Array, size: jax.Array, queries: jax.Array, k: int, mesh: Mesh, axis: str = BANK
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`exact_top_k` with the bank's chunks split over the mesh axis ``axis``.
+
+    Each device scans its own chunks (global rows ``d · C/D · R`` on, for device ``d`` of ``D``) into a
+    local top-``k``; the ``D`` local results are gathered and merged by one more top-``k``. Device ``d``'s
+    rows all come before device ``d + 1``'s, and the merge keeps earlier positions first among equal
+    scores, so ties still resolve to the lower row: the result equals :func:`exact_top_k` on the same
+    chunks bit for bit (every device computes each score with the same ``[Q, E] × [E, R]`` product).
+
+    Args:
+      bank: ``[C, R, E]`` float32, ``C`` a multiple of ``D``, split over ``axis`` along ``C``.
+      size: scalar int, replicated; queries: ``[Q, E]``, replicated; k: static, ``1 ≤ k ≤ size``.
+      mesh: static, the mesh; axis: static, its axis the chunks are split over.
+
+    Returns:
+      ``(ids [Q, k] int32, scores [Q, k] float32)``, replicated, best first.
+    """
+
+    def local(bank_part, size, queries):
+        offset = jax.lax.axis_index(axis) * (bank_part.shape[0] * bank_part.shape[1])
+        ids, scores = _scan_top_k(bank_part, size, queries, k, offset)
+        ids, scores = (jax.lax.all_gather(a, axis, axis=1, tiled=True) for a in (ids, scores))  # [Q, D·k]
+        top, pos = jax.lax.top_k(scores, k)
+        return jnp.take_along_axis(ids, pos, axis=1), top
+
+    whole = PartitionSpec()
+    # The single-device scan runs unchanged on each device (its carry starts replicated): no vma checks.
+    search = jax.shard_map(
+        local, mesh=mesh, in_specs=(PartitionSpec(axis), whole, whole), out_specs=whole, check_vma=False
+    )
+    return search(bank, size, queries)
+
+
 class ExactIndex:
-    """Exact top-k by dot product over a bank ``[N, E]`` held on the default device (the test oracle).
+    """Exact top-k by dot product over a bank ``[N, E]`` (the test oracle), held on the default device, or
+    split over the devices of a mesh axis.
+
+    With ``mesh``, the bank's chunks of ``R = min(chunk_rows, bucket(N))`` rows (the single-device chunks)
+    are dealt out in order, ``⌈C / D⌉`` to each of the ``D`` devices of ``axis`` (the last ones padded), and
+    a search runs :func:`sharded_exact_top_k`: the same ids and scores as without a mesh, bit for bit, ties
+    included. A bank of fewer than ``D · chunk_rows`` rows leaves some devices only padding: pass a smaller
+    ``chunk_rows`` to spread it. In a multi-process job every process passes the same bank (each device
+    reads only its chunks) and the same queries, and every process gets the whole result.
 
     Attributes:
       size: ``N``, the number of bank rows.
       dim: ``E``, the embedding width.
+      mesh: the mesh the bank is split over, or None.
     """
 
     backend = "exact"
 
-    def __init__(self, embeddings: np.ndarray, chunk_rows: int = CHUNK_ROWS):
+    def __init__(
+        self, embeddings: np.ndarray, chunk_rows: int = CHUNK_ROWS, mesh: Mesh | None = None, axis: str = BANK
+    ):
         x = _check_embeddings(embeddings)
         self.size, self.dim = x.shape
+        self.mesh, self.axis = mesh, axis
         rows = min(chunk_rows, bucket(self.size))  # a small bank is one chunk of its power-of-two bucket
         num_chunks = -(-self.size // rows)
-        self._bank = jnp.asarray(pad_rows(x, num_chunks * rows).reshape(num_chunks, rows, self.dim))
+        if mesh is None:
+            self._host = None
+            self._bank = jnp.asarray(pad_rows(x, num_chunks * rows).reshape(num_chunks, rows, self.dim))
+        else:
+            devices = mesh.shape[axis]
+            num_chunks = -(-num_chunks // devices) * devices
+            flat = shard_global(x, mesh, axis, num_chunks * rows)
+            split = NamedSharding(mesh, PartitionSpec(axis))
+            self._host = x  # every process holds the bank; the devices hold only their chunks
+            self._bank = jax.jit(lambda a: a.reshape(num_chunks, rows, self.dim), out_shardings=split)(flat)
 
     @property
     def embeddings(self) -> np.ndarray:
-        """The bank ``[N, E]`` float32, copied back to the host."""
+        """The bank ``[N, E]`` float32, on the host."""
+        if self._host is not None:
+            return self._host
         return np.asarray(self._bank).reshape(-1, self.dim)[: self.size]
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -155,11 +221,15 @@ class ExactIndex:
         k = _check_k(k, self.size)
         if not len(q):
             return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
-        size = jnp.int32(self.size)
         ids, scores = [], []
         for s in chunks(len(q), QUERY_BLOCK):
             n = s.stop - s.start
-            i, v = exact_top_k(self._bank, size, jnp.asarray(pad_rows(q[s], bucket(n, QUERY_BLOCK))), k)
+            block = pad_rows(q[s], bucket(n, QUERY_BLOCK))
+            if self.mesh is None:
+                i, v = exact_top_k(self._bank, jnp.int32(self.size), jnp.asarray(block), k)
+            else:
+                size, block = replicate((np.int32(self.size), block), self.mesh)
+                i, v = sharded_exact_top_k(self._bank, size, block, k, self.mesh, self.axis)
             ids.append(np.asarray(i)[:n])
             scores.append(np.asarray(v)[:n])
         return np.concatenate(ids).astype(np.int64), np.concatenate(scores)
@@ -171,15 +241,17 @@ class ExactIndex:
             _write_meta(tmp, {"backend": self.backend, "size": self.size, "dim": self.dim})
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> ExactIndex:
+    def load(cls, directory: str | os.PathLike, mesh: Mesh | None = None, axis: str = BANK) -> ExactIndex:
+        """Read an index written by :meth:`save` (split over ``mesh``'s ``axis`` if given)."""
         meta = _read_meta(directory)
         x = read_npy(Path(directory) / EMBEDDINGS_FILE)
         if x.shape != (meta["size"], meta["dim"]):
             raise IndexFileError(f"{directory}: embeddings.npy has shape {x.shape}, index.json says {meta}")
-        return cls(x)
+        return cls(x, mesh=mesh, axis=axis)
 
     def __repr__(self) -> str:
-        return f"ExactIndex(size={self.size}, dim={self.dim})"
+        where = "" if self.mesh is None else f", split over {self.mesh.shape[self.axis]} devices"
+        return f"ExactIndex(size={self.size}, dim={self.dim}{where})"
 
 
 # ----------------------------------------------------------------------------------------------- ScaNN
