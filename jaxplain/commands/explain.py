@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxplain.commands.common import EXIT_BAD_ITEMS, EXIT_OK, read_lines
+from jaxplain.commands.common import EXIT_BAD_ITEMS, EXIT_OK
 from jaxplain.errors import InputError, JaxplainError
 
 SHIPPED_PREFIX = "fashion-mnist-test:"
@@ -43,7 +44,24 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--bank", required=True, help="a bank directory made by `jaxplain bank build` with this model")
     p.add_argument("--text-bank", help="a text bank for the pairs with side 'text' (default: --bank)")
     p.add_argument("--pairs", required=True, help="the pairs, one JSON object per line")
-    p.add_argument("--out", required=True, help="results, one JSON object per pair, in input order")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="results: a file ending in .jsonl (one JSON object per pair, in input order), or a directory of "
+        "numbered parts (part-00000-of-NNNNN.jsonl, a manifest.json once all are done); a killed job run again "
+        "with the same options resumes where it stopped",
+    )
+    p.add_argument(
+        "--chunk", type=int, default=4096, help="pairs read, explained and written at once (one part; default 4096)"
+    )
+    p.add_argument("--want", help="the wanted outcome of the lines that give none (e.g. other-class)")
+    p.add_argument("--classes", help="comma-separated class names for the lines that give none")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process job (jax.distributed.initialize: a cluster's settings are detected, or set "
+        "JAXPLAIN_COORDINATOR, JAXPLAIN_NUM_PROCESSES and JAXPLAIN_PROCESS_ID); each process explains its own parts",
+    )
     p.add_argument("--k", type=int, default=64, help="neighbours retrieved per query (default 64)")
     p.add_argument("--top", type=int, default=3, help="counterfactuals kept per pair (default 3)")
     p.add_argument(
@@ -74,7 +92,7 @@ def _resolve_image(ref: Any, base: Path, shipped) -> Any:
     return path if path.is_absolute() else base / path
 
 
-def _parse_line(text: str, n: int, base: Path, model, shipped) -> dict:
+def _parse_line(text: str, n: int, base: Path, model, shipped, defaults: dict | None = None) -> dict:
     """One valid pair, decoded and checked; any problem raises InputError naming the line."""
     from jaxplain.objectives import Want
     from jaxplain.zeroshot import DEFAULT_TEMPLATES, prompts
@@ -89,9 +107,12 @@ def _parse_line(text: str, n: int, base: Path, model, shipped) -> dict:
     unknown = sorted(set(rec) - FIELDS)
     if unknown:
         raise InputError(f"{where}: unknown field(s) {', '.join(unknown)}; the fields are {', '.join(sorted(FIELDS))}")
+    for key, value in (defaults or {}).items():
+        if value is not None and key not in rec:
+            rec[key] = value
     try:
         if "want" not in rec:
-            raise InputError("no 'want'")
+            raise InputError("no 'want' (give it on the line, or --want for every line)")
         want = Want.parse(rec["want"])
         side = rec.get("side", "image")
         if side not in ("image", "text"):
@@ -129,46 +150,43 @@ def _parse_line(text: str, n: int, base: Path, model, shipped) -> dict:
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    from jaxplain.counterfactual.bank import Bank
+def explain_lines(lines: list[bytes], first: int, context: dict) -> list[dict]:
+    """Explain a chunk of pairs lines (line numbers from ``first``): one record per line, in order.
+
+    A bad line becomes an ``"error"`` record naming it; the good lines are grouped by side, classes and
+    templates, and each group is explained by one batched call of the engine.
+    """
     from jaxplain.counterfactual.engine import counterfactuals
-    from jaxplain.data import fashion_mnist
-    from jaxplain.models import load
-
-    start = time.perf_counter()
-    model = load(args.model)
-    banks = {"image": Bank.load(args.bank, model=model)}
-    banks["text"] = Bank.load(args.text_bank, model=model) if args.text_bank else banks["image"]
-    pairs_path = Path(args.pairs)
-    lines = read_lines(pairs_path, "pairs")
-    cache: dict[str, np.ndarray] = {}
-
-    def shipped():
-        if "x" not in cache:
-            cache["x"] = fashion_mnist.load_shipped_test()[0]
-        return cache["x"]
 
     results: list[dict | None] = [None] * len(lines)
     good: list[dict] = []
-    for n, text in enumerate(lines, start=1):
+    for n, raw in enumerate(lines, start=first):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            results[n - first] = {"line": n, "status": "error", "error": f"line {n}: not UTF-8 (byte {e.start + 1})"}
+            continue
         if not text.strip():
+            results[n - first] = {"line": n, "status": "empty"}
             continue
         try:
-            good.append(_parse_line(text, n, pairs_path.parent, model, shipped))
+            good.append(
+                _parse_line(text, n, context["base"], context["model"], context["shipped"], context["defaults"])
+            )
         except InputError as e:
-            results[n - 1] = {"line": n, "status": "error", "error": str(e)}
+            results[n - first] = {"line": n, "status": "error", "error": str(e)}
     groups: dict[tuple, list[dict]] = {}
     for p in good:
         groups.setdefault((p["side"], p["classes"], p["templates"]), []).append(p)
+    args = context["args"]
     for (side, classes, templates), members in groups.items():
-        bank = banks[side]
         try:
             res = counterfactuals(
-                model,
+                context["model"],
                 np.stack([p["pixels"] for p in members]),
                 [p["text"] for p in members] if all(p["text"] for p in members) else None,
                 want=[p["want"] for p in members],
-                bank=bank,
+                bank=context["banks"][side],
                 side=side,
                 classes=list(classes) if classes else None,
                 templates=list(templates) if templates else (),
@@ -178,24 +196,142 @@ def run(args: argparse.Namespace) -> int:
             )
         except JaxplainError as e:
             for p in members:
-                results[p["line"] - 1] = {"line": p["line"], "status": "error", "error": f"line {p['line']}: {e}"}
+                results[p["line"] - first] = {"line": p["line"], "status": "error", "error": f"line {p['line']}: {e}"}
             continue
         for p, r in zip(members, res.pairs):
-            results[p["line"] - 1] = {"line": p["line"], "id": p["id"], **r.to_record(), "pair": p["line"] - 1}
+            results[p["line"] - first] = {"line": p["line"], "id": p["id"], **r.to_record(), "pair": p["line"] - 1}
+    return [r for r in results if r is not None]
+
+
+def _summary(records: list[dict]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in records:
+        out[r["status"]] = out.get(r["status"], 0) + 1
+        if "search" in r:
+            key = f"search:{r['search']}"
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from jaxplain import distributed
+    from jaxplain.commands.common import progress
+    from jaxplain.counterfactual.bank import Bank
+    from jaxplain.data import fashion_mnist
+    from jaxplain.jobs import JobDir, line_offsets, parts_for_process, read_line_chunk
+    from jaxplain.models import load
+
+    start = time.perf_counter()
+    if getattr(args, "distributed", False):
+        distributed.initialize()
+    if args.chunk < 1:
+        raise InputError(f"--chunk must be at least 1, got {args.chunk}")
+    model = load(args.model)
+    banks = {"image": Bank.load(args.bank, model=model)}
+    banks["text"] = Bank.load(args.text_bank, model=model) if args.text_bank else banks["image"]
+    pairs_path = Path(args.pairs)
+    try:
+        offsets, n_lines, digest = line_offsets(pairs_path, args.chunk)
+    except OSError as e:
+        raise InputError(f"{pairs_path}: cannot read pairs from it ({e.strerror or e})") from None
+    if not n_lines:
+        raise InputError(f"{pairs_path}: no pairs (the file is empty)")
+    cache: dict[str, np.ndarray] = {}
+
+    def shipped():
+        if "x" not in cache:
+            cache["x"] = fashion_mnist.load_shipped_test()[0]
+        return cache["x"]
+
+    defaults = {"want": args.want, "classes": _split_names(args.classes), "templates": None}
+    config = {
+        "command": "explain",
+        "model": {"name": model.name, "fingerprint": model.fingerprint},
+        "bank": {kind: banks[kind].identity() for kind in ("image", "text")},
+        "pairs": {"path": str(pairs_path.resolve()), "lines": n_lines, "blake2b": digest},
+        "options": {"k": args.k, "top": args.top, "search": args.search, "chunk": args.chunk, **defaults},
+    }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    with tmp.open("w", encoding="utf-8") as f:
-        for n, r in enumerate(results, start=1):
-            f.write(json.dumps(r or {"line": n, "status": "empty"}, ensure_ascii=False) + "\n")
-    tmp.replace(out)
-    errors = [r for r in results if r and r["status"] == "error"]
-    for r in errors:
-        print(f"jaxplain: {r['error']}", file=sys.stderr)
-    counts = {s: sum(1 for r in results if r and r["status"] == s) for s in ("found", "not_found", "already", "error")}
+    single = out.suffix == ".jsonl"
+    job_path = out.with_name(f".{out.name}.parts") if single else out
+    if single and job_path.exists():
+        _drop_if_other_job(job_path, config)
+    job = JobDir(job_path, config, len(offsets))
+    mine = parts_for_process(job.total, distributed.process_index(), distributed.process_count())
+    todo = job.pending(mine)
+    context = {"base": pairs_path.parent, "model": model, "shipped": shipped, "banks": banks, "args": args}
+    context["defaults"] = defaults
+    sizes = {j: min(args.chunk, n_lines - j * args.chunk) for j in mine}
+    with progress(sum(sizes.values()), "explaining pairs", "pair") as bar:
+        bar.update(sum(sizes[j] for j in mine if j not in todo))
+        for j in todo:
+            records = explain_lines(read_line_chunk(pairs_path, offsets[j], args.chunk), j * args.chunk + 1, context)
+            for r in records:
+                if r["status"] == "error":
+                    bar.write(f"jaxplain: {r['error']}", file=sys.stderr)
+            job.write(j, records, _summary(records))
+            bar.update(sizes[j])
+    distributed.barrier("explain")
+    counts = job.summary(mine if distributed.process_count() > 1 else None)
+    manifest = job.finish() if distributed.process_index() == 0 else None
+    where = job_path
+    if single and manifest is not None:
+        _concatenate(job, out)
+        where = out
+    paths = ", ".join(f"{_plural(v, 'pair')} by {k[7:]}" for k, v in sorted(counts.items()) if k.startswith("search:"))
     print(
-        f"explained {len(good)} pairs in {time.perf_counter() - start:.1f} s: {counts['found']} found, "
-        f"{counts['not_found']} not found, {counts['already']} already holding, {counts['error']} bad lines → {out}",
+        f"explained {_plural(sum(sizes.values()), 'pair')} ({len(todo)} of {_plural(len(mine), 'part')} this run) in "
+        f"{time.perf_counter() - start:.1f} s: {counts.get('found', 0):,} found, {counts.get('not_found', 0):,} not "
+        f"found, {counts.get('already', 0):,} already holding, {_plural(counts.get('error', 0), 'bad line')}"
+        f"{'; search: ' + paths if paths else ''} → {where}",
         file=sys.stderr,
     )
-    return EXIT_BAD_ITEMS if errors else EXIT_OK
+    return EXIT_BAD_ITEMS if counts.get("error") else EXIT_OK
+
+
+def _split_names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [c.strip() for c in text.split(",")]
+    if not all(names):
+        raise InputError(f"--classes {text!r}: an empty class name")
+    return names
+
+
+def _drop_if_other_job(job_path: Path, config: dict) -> None:
+    """A single-file job keeps its parts in a hidden directory beside the file; parts left there by another
+    job are its own leftovers, not someone's files, and are removed."""
+    import shutil
+
+    from jaxplain.jobs import FORMAT, JOB_FILE, VERSION, canonical
+
+    try:
+        old = json.loads((job_path / JOB_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = None
+    want = canonical({"format": FORMAT, "version": VERSION, "parts": (old or {}).get("parts"), **config})
+    if old is None or canonical(old) != want:
+        shutil.rmtree(job_path, ignore_errors=True)
+
+
+def _concatenate(job, out: Path) -> None:
+    """The parts of a finished single-file job, joined into ``out`` atomically; the parts are then removed."""
+    import shutil
+
+    from jaxplain.jobs import fsync_dir
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    with tmp.open("wb") as f:
+        for j in range(job.total):
+            with job.path(j).open("rb") as part:
+                shutil.copyfileobj(part, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(out)
+    fsync_dir(out.parent)
+    shutil.rmtree(job.directory, ignore_errors=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -121,6 +122,22 @@ class Bank:
         ``rows`` index ``items``, ``ids``, ``embeddings`` and ``labels``.
         """
         return self.index.search(queries, k)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """A checksum of the embeddings' bytes: banks with equal digests hold the same vectors in the same order."""
+        return hashlib.blake2b(np.ascontiguousarray(self.embeddings, np.float32).tobytes(), digest_size=16).hexdigest()
+
+    def identity(self) -> dict[str, Any]:
+        """What a job records about the bank it ran on (a resumed job must find the same)."""
+        return {
+            "kind": self.kind,
+            "size": self.size,
+            "dim": self.dim,
+            "fingerprint": self.fingerprint,
+            "index": self.index.backend,
+            "embeddings": self.digest,
+        }
 
     def check_model(self, model: Model, where: str | os.PathLike = "bank") -> None:
         """Raise :class:`BankError` naming both sides unless ``model`` made this bank."""

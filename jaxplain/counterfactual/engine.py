@@ -90,7 +90,8 @@ class PairResult:
     """The answer for one pair.
 
     ``status`` is ``"found"``, ``"not_found"`` (no bank item that the search saw reaches the outcome),
-    or ``"already"`` (the original already reaches it: there is nothing to change).
+    or ``"already"`` (the original already reaches it: there is nothing to change). ``search`` names the
+    search path that answered the pair.
     """
 
     pair: int
@@ -100,6 +101,9 @@ class PairResult:
     original_score: float
     original_predicted: str | None
     counterfactuals: tuple[Counterfactual, ...]
+    # which search answered: "index" (targets + retrieval), "exhaustive" (every bank item verified), or
+    # "index+exhaustive" (retrieval found nothing, then every item was verified: search="auto")
+    search: str = "index"
 
     @property
     def found(self) -> bool:
@@ -361,24 +365,28 @@ def counterfactuals(
         timings["verify"] = time.perf_counter() - t
     else:
         ver = _retrieve_and_verify(problem, bank, min(k, len(bank.embeddings)), top, solver, escalate, timings)
-    rescued = 0
+    rescued = np.zeros(0, np.int64)
     if rescue and search == "index":
         rescued = _exhaustive_rest(problem, bank, ver, m0, top, rescue_budget, timings)
-    pairs = _pair_results(side, problem, bank, ver, m0, s0, pred0)
+    paths = np.full(n, search, object)
+    paths[rescued] = "index+exhaustive"
+    pairs = _pair_results(side, problem, bank, ver, m0, s0, pred0, paths)
     timings["total"] = time.perf_counter() - start
-    return CounterfactualResult(pairs, timings, search, rescued)
+    return CounterfactualResult(pairs, timings, search, len(rescued))
 
 
-def _exhaustive_rest(problem: Problem, bank, ver: Verified, m0: np.ndarray, top: int, budget: int, timings) -> int:
+def _exhaustive_rest(
+    problem: Problem, bank, ver: Verified, m0: np.ndarray, top: int, budget: int, timings
+) -> np.ndarray:
     """Verify every bank item for the pairs that retrieval left without an answer, while they fit the
     budget (pairs × bank items ≤ ``budget``); their rows of ``ver`` are replaced in place.
 
     Retrieval misses mostly where the valid items lie off the path from the original to its targets
-    (lowering a similarity: the items below the level sit in other clusters). Returns the pairs rescued.
+    (lowering a similarity: the items below the level sit in other clusters). Returns the rows rescued.
     """
     rest = np.flatnonzero(~ver.valid[:, 0] & (m0 <= 0))
     if not len(rest) or len(rest) * len(bank.embeddings) > budget:
-        return 0
+        return np.zeros(0, np.int64)
     t = time.perf_counter()
     got = exhaustive(
         bank.device_embeddings,
@@ -392,10 +400,10 @@ def _exhaustive_rest(problem: Problem, bank, ver: Verified, m0: np.ndarray, top:
     for field, new in zip(ver, got):
         field[rest] = new
     timings["verify"] += time.perf_counter() - t  # set by the retrieval that ran before
-    return len(rest)
+    return rest
 
 
-def _pair_results(side, problem: Problem, bank, ver: Verified, m0, s0, pred0) -> tuple[PairResult, ...]:
+def _pair_results(side, problem: Problem, bank, ver: Verified, m0, s0, pred0, paths) -> tuple[PairResult, ...]:
     """One :class:`PairResult` per pair. The arrays become Python lists once, not element by element."""
     names = problem.class_names
     labels = getattr(bank, "labels", None)
@@ -435,6 +443,7 @@ def _pair_results(side, problem: Problem, bank, ver: Verified, m0, s0, pred0) ->
                 original_score=float(s0[i]),
                 original_predicted=names[int(pred0[i])] if names else None,
                 counterfactuals=tuple(cfs),
+                search=str(paths[i]),
             )
         )
     return tuple(out)

@@ -1,0 +1,282 @@
+"""Resumable jobs with exactly-once output: numbered parts, each written whole or not at all.
+
+A job's output directory holds::
+
+    job.json                          the job's configuration (model, bank, options, input), written first
+    part-00000-of-00042.jsonl         one part per unit of input, in input order
+    part-00000-of-00042.jsonl.done    its marker: records, bytes and checksum of the finished part
+    ...
+    manifest.json                     written once every part is done: the parts, counts, the configuration
+
+A part is written to a temporary name, flushed and ``fsync``-ed, renamed into place, and only then
+marked done (the marker is written the same way). A job killed at any moment leaves finished parts
+with their markers, perhaps one renamed part without a marker (it is written again), and perhaps a
+temporary file (ignored, and replaced). Running the same command again skips the parts that are done
+and writes the rest, so nothing is lost or duplicated; running it with another configuration in the
+same directory is refused, naming what differs. Each part belongs to exactly one process of a
+multi-process job (:func:`parts_for_process`), so processes never write the same file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from jaxplain.errors import InputError
+
+JOB_FILE = "job.json"
+MANIFEST_FILE = "manifest.json"
+DONE_SUFFIX = ".done"
+FORMAT = "jaxplain-job"
+VERSION = 1
+
+
+def part_name(index: int, total: int) -> str:
+    """``part-00003-of-00042.jsonl`` (0-based index)."""
+    width = max(5, len(str(total)))
+    return f"part-{index:0{width}d}-of-{total:0{width}d}.jsonl"
+
+
+def parts_for_process(total: int, process_index: int, process_count: int) -> list[int]:
+    """The parts process ``process_index`` of ``process_count`` writes: every ``process_count``-th, from its
+    own index (round-robin, so the parts of a long job end at about the same time on every process)."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process {process_index} of {process_count}")
+    return list(range(process_index, total, process_count))
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (where the file system can sync a directory)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all: a temporary sibling, fsync, rename, fsync the directory."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def canonical(config: dict[str, Any]) -> str:
+    """The configuration as canonical JSON (sorted keys): two runs are the same job iff these are equal."""
+    return json.dumps(config, sort_keys=True, ensure_ascii=False)
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(
+                f"{prefix}{key}: {json.dumps(a, ensure_ascii=False)} then, {json.dumps(b, ensure_ascii=False)} now"
+            )
+    return out
+
+
+class JobDir:
+    """The output directory of one job of ``total`` parts, with its configuration.
+
+    Opening it writes ``job.json`` (or checks that the one there holds the same configuration: another
+    configuration raises :class:`~jaxplain.errors.InputError` listing the differences). A directory that
+    holds files but no ``job.json`` is refused, so a mistyped path never mixes a job into other files.
+    """
+
+    def __init__(self, directory: str | os.PathLike, config: dict[str, Any], total: int):
+        self.directory = Path(directory)
+        self.total = int(total)
+        self.config = {"format": FORMAT, "version": VERSION, "parts": self.total, **config}
+        d = self.directory
+        if d.exists() and not d.is_dir():
+            raise InputError(f"{d}: exists and is not a directory")
+        d.mkdir(parents=True, exist_ok=True)
+        job = d / JOB_FILE
+        if job.is_file():
+            try:
+                old = json.loads(job.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise InputError(f"{job}: unreadable ({e})") from None
+            if canonical(old) != canonical(self.config):
+                diff = "; ".join(_differences(old, self.config)) or "the configuration"
+                raise InputError(
+                    f"{d}: holds the output of another job ({diff}); use another output directory, or the "
+                    "same options to resume that job"
+                )
+        else:
+            visible = [p.name for p in d.iterdir() if not p.name.startswith(".")]
+            if visible:
+                raise InputError(f"{d}: not empty and not a jaxplain job ({', '.join(sorted(visible)[:3])}, ...)")
+            with contextlib.suppress(FileExistsError):  # several processes may open a new job at once
+                write_atomic(job, (json.dumps(self.config, indent=1, ensure_ascii=False) + "\n").encode())
+
+    def path(self, index: int) -> Path:
+        """The path of part ``index``."""
+        return self.directory / part_name(index, self.total)
+
+    def done(self, index: int) -> bool:
+        """Whether part ``index`` is finished: its marker exists and describes the file there."""
+        marker = self._marker(index)
+        try:
+            meta = json.loads(marker.read_text(encoding="utf-8"))
+            return self.path(index).stat().st_size == meta["bytes"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
+    def pending(self, parts: Iterable[int]) -> list[int]:
+        """The parts of ``parts`` that are not finished."""
+        return [i for i in parts if not self.done(i)]
+
+    def _marker(self, index: int) -> Path:
+        p = self.path(index)
+        return p.with_name(p.name + DONE_SUFFIX)
+
+    def write(
+        self, index: int, records: Iterable[dict[str, Any]], summary: dict[str, int] | None = None
+    ) -> dict[str, Any]:
+        """Write part ``index`` (one JSON object per line) and mark it done; returns the marker's contents.
+
+        ``summary`` (counts, e.g. by status) is kept in the marker, so that a resumed job can report the
+        whole job without reading the finished parts again. Records are serialised strictly
+        (``allow_nan=False``): a NaN or infinity is a ``ValueError`` here, never an invalid line in the output.
+        """
+        if not 0 <= index < self.total:
+            raise ValueError(f"part {index} of {self.total}")
+        data = b"".join((json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8") for r in records)
+        path = self.path(index)
+        write_atomic(path, data)
+        meta = {"part": index, "records": data.count(b"\n"), "bytes": len(data), "blake2b": _digest(data)}
+        if summary is not None:
+            meta["summary"] = summary
+        write_atomic(self._marker(index), (json.dumps(meta) + "\n").encode())
+        return meta
+
+    def records(self, index: int) -> Iterator[dict[str, Any]]:
+        """The records of a finished part."""
+        with self.path(index).open(encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line)
+
+    def markers(self) -> list[dict[str, Any]] | None:
+        """Every part's marker, in order, or None while a part is not done."""
+        out = []
+        for i in range(self.total):
+            if not self.done(i):
+                return None
+            out.append(json.loads(self._marker(i).read_text(encoding="utf-8")))
+        return out
+
+    def summary(self, parts: Iterable[int] | None = None) -> dict[str, int]:
+        """The sum of the finished parts' summaries (of ``parts``, default all)."""
+        out: dict[str, int] = {}
+        for i in range(self.total) if parts is None else parts:
+            if self.done(i):
+                meta = json.loads(self._marker(i).read_text(encoding="utf-8"))
+                for key, value in meta.get("summary", {}).items():
+                    out[key] = out.get(key, 0) + value
+        return out
+
+    def finish(self) -> Path | None:
+        """Write ``manifest.json`` if every part is done (any process may: the contents are the same, and
+        the write is atomic); returns its path, or None while parts are missing."""
+        markers = self.markers()
+        if markers is None:
+            return None
+        manifest = {
+            **self.config,
+            "complete": True,
+            "records": sum(m["records"] for m in markers),
+            "summary": self.summary(),
+            "files": [{"name": part_name(m["part"], self.total), **m} for m in markers],
+        }
+        path = self.directory / MANIFEST_FILE
+        write_atomic(path, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode())
+        return path
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def file_digest(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    """A checksum of a file's bytes, read in blocks (bounded memory)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_jsonl_parts(directory: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every record of a finished job directory, in part order (for tests and small jobs)."""
+    d = Path(directory)
+    manifest = json.loads((d / MANIFEST_FILE).read_text(encoding="utf-8"))
+    out: list[dict[str, Any]] = []
+    for f in manifest["files"]:
+        with (d / f["name"]).open(encoding="utf-8") as fh:
+            out.extend(json.loads(line) for line in fh)
+    return out
+
+
+def line_offsets(path: str | os.PathLike, every: int) -> tuple[list[int], int, str]:
+    """Scan a text file once: the byte offset at which every ``every``-th line starts, the number of
+    lines, and the file's checksum. Lines end at ``\\n`` only (a last line without one counts).
+
+    Memory stays bounded by the longest line and the offsets, whatever the file's size; the chunk of
+    lines ``[j·every, (j+1)·every)`` is then read by seeking to ``offsets[j]`` (:func:`read_line_chunk`).
+    """
+    if every < 1:
+        raise ValueError(f"chunk size must be positive, got {every}")
+    offsets, lines, pos = [], 0, 0
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for raw in f:  # binary lines end at b"\n" only
+            if lines % every == 0:
+                offsets.append(pos)
+            h.update(raw)
+            pos += len(raw)
+            lines += 1
+    return offsets, lines, h.hexdigest()
+
+
+def read_line_chunk(path: str | os.PathLike, offset: int, count: int) -> list[bytes]:
+    """Up to ``count`` raw lines from byte ``offset``, without their line ends (a UTF-8 BOM at the start of
+    the file dropped); the caller decodes each, so that a bad byte names its line."""
+    out = []
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for _ in range(count):
+            raw = f.readline()
+            if not raw:
+                break
+            if offset == 0 and not out and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            out.append(raw.removesuffix(b"\n").removesuffix(b"\r"))
+    return out
