@@ -189,3 +189,16 @@ def max_over_processes(n: int) -> int:
     from jax.experimental import multihost_utils
 
     return int(np.max(multihost_utils.process_allgather(np.asarray(n, np.int64))))
+
+
+MIN_SHARD_CHUNK = 128  # the narrowest chunk a bank split over devices is scored in
+
+
+def spread_chunk(n: int, devices: int, chunk: int) -> int:
+    """The chunk width for ``n`` bank rows split over ``devices``: ``chunk`` (the single-device width),
+    narrowed to the power of two that holds one device's share, ``bucket(⌈n / devices⌉)``, so a bank of
+    fewer than ``devices · chunk`` rows still reaches every device; never below :data:`MIN_SHARD_CHUNK` (nor
+    above ``chunk``). From ``n ≥ devices · chunk / 2`` on it is ``chunk`` itself: each device then runs the
+    single-device program's products, shape for shape."""
+    share = max(1, -(-n // devices))
+    return min(chunk, max(1 << (share - 1).bit_length(), MIN_SHARD_CHUNK))

@@ -25,7 +25,7 @@ def test_part_names_and_round_robin():
     assert part_name(7, 123456) == "part-007-of-123456.jsonl".replace("007", "000007")
     split = [parts_for_process(10, i, 3) for i in range(3)]
     assert split == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
-    assert sorted(sum(split, [])) == list(range(10))
+    assert sorted(i for part in split for i in part) == list(range(10))
 
 
 def test_line_offsets_split_on_newlines_only(tmp_path):
@@ -90,9 +90,10 @@ def job_bank(tiny_model, tmp_path_factory):
 
 
 def _explain(bank, pairs, out, *extra):
-    return [sys.executable, "-m", "jaxplain", "explain", "--model", str(TINY), "--bank", str(bank)] + [
-        "--pairs", str(pairs), "--out", str(out), "--chunk", "1000", *extra
-    ]  # fmt: skip
+    return [
+        *(sys.executable, "-m", "jaxplain", "explain", "--model", str(TINY), "--bank", str(bank)),
+        *("--pairs", str(pairs), "--out", str(out), "--chunk", "1000", *extra),
+    ]
 
 
 def test_killed_explain_resumes_exactly_once(job_bank, tmp_path):

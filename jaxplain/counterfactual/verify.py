@@ -11,14 +11,26 @@ itself (a query image that is also in the bank) and is never returned.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec
 
-from jaxplain.batching import map_blocks, to_bucket
+from jaxplain.batching import bucket, map_blocks, pad_edge, to_bucket
 from jaxplain.objectives import HIGHEST, Goal, margin, reported_score
+from jaxplain.sharding import (
+    BANK,
+    DATA,
+    local_blocks,
+    local_rows,
+    replicate,
+    shard_global,
+    shard_rows,
+    spread_chunk,
+)
 
 BLOCK_ROWS = 4096  # candidates gathered and scored at once (pairs × candidates per pair)
 # pairs the oracle checks against the bank at once: its [pairs, chunk] score blocks stay within 256 MiB
@@ -122,6 +134,25 @@ def _inputs(u0, goal, anchor, exclude, n):
     return to_bucket((np.asarray(u0, np.float32), Goal(*goal), np.asarray(anchor, np.float32), exclude), n)
 
 
+@functools.partial(jax.jit, static_argnames=("top", "block_rows", "mesh", "axis"))
+def _verify_sharded(cand, bank, u0, goal, anchor, classes, scale, exclude, top, block_rows, mesh, axis):
+    # Each device verifies its own pairs with the single-device program; the bank and classes are whole.
+    rows, whole = PartitionSpec(axis), PartitionSpec()
+    local = functools.partial(_verify, top=top, block_rows=block_rows)
+    specs = (rows, whole, rows, rows, rows, whole, whole, rows)
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=rows, check_vma=False)(
+        cand, bank, u0, goal, anchor, classes, scale, exclude
+    )
+
+
+def pair_rows(n: int, mesh: Mesh, axis: str = DATA) -> int:
+    """The rows ``n`` local pairs are padded to before they are split over ``axis``: each of this process's
+    ``b`` row blocks gets ``bucket(⌈n / b⌉)`` rows (a power of two, so the per-device programs compile once
+    per bucket and split into blocks evenly). With ``b`` a power of two this is ``max(bucket(n), b)``."""
+    b = local_blocks(mesh, axis)
+    return b * bucket(-(-n // b))
+
+
 def verify(
     candidates: np.ndarray,
     bank: np.ndarray | jax.Array,
@@ -133,6 +164,8 @@ def verify(
     top: int,
     exclude: np.ndarray | None = None,
     block_rows: int = BLOCK_ROWS,
+    mesh: Mesh | None = None,
+    axis: str = DATA,
 ) -> Verified:
     """Re-score retrieved candidates exactly and keep the best valid ones.
 
@@ -143,31 +176,74 @@ def verify(
       top: how many counterfactuals to keep per pair (``top <= K``).
       exclude: ``[N]`` a bank row per pair that may not be returned (the original item itself), or -1.
       block_rows: candidates gathered and scored at once (whole pairs, at least one); bounds memory.
+      mesh: split the pairs over this mesh's ``axis`` (the bank and classes on every device); None: the
+        default device. Each device runs the single-device program on its pairs. In a multi-process job
+        each process passes its own ``N`` pairs (the same ``N`` everywhere: pad to a common bucket) and the
+        same bank, and gets its own pairs' results.
+
+    Returns:
+      :class:`Verified` with ``N`` rows, host arrays.
     """
     n = len(u0)
     if top > candidates.shape[1]:
         raise ValueError(f"top={top} exceeds the {candidates.shape[1]} candidates per pair")
-    u0_, goal_, anchor_, excl_ = _inputs(u0, goal, anchor, exclude, n)
-    cand = to_bucket(np.asarray(candidates, np.int32), n)
-    args = (cand, jnp.asarray(bank), u0_, goal_, anchor_, jnp.asarray(classes), jnp.float32(scale), excl_)
-    out = _verify(*args, top=top, block_rows=block_rows)
-    return Verified(*(np.asarray(x)[:n] for x in out))
+    if mesh is None:
+        u0_, goal_, anchor_, excl_ = _inputs(u0, goal, anchor, exclude, n)
+        cand = to_bucket(np.asarray(candidates, np.int32), n)
+        args = (cand, jnp.asarray(bank), u0_, goal_, anchor_, jnp.asarray(classes), jnp.float32(scale), excl_)
+        out = _verify(*args, top=top, block_rows=block_rows)
+        return Verified(*(np.asarray(x)[:n] for x in out))
+    exclude = np.full(n, -1, np.int32) if exclude is None else np.asarray(exclude, np.int32)
+    pairs = (np.asarray(candidates, np.int32), np.asarray(u0, np.float32), Goal(*goal), np.asarray(anchor), exclude)
+    pairs = jax.tree.map(np.asarray, pairs)
+    cand, u0_, goal_, anchor_, excl_ = shard_rows(pairs, mesh, axis, pair_rows(n, mesh, axis)).arrays
+    bank_, classes_, scale_ = replicate((bank, np.asarray(classes, np.float32), np.float32(scale)), mesh)
+    args = (cand, bank_, u0_, Goal(*goal_), anchor_.astype(jnp.float32), classes_, scale_, excl_)
+    out = _verify_sharded(*args, top=top, block_rows=block_rows, mesh=mesh, axis=axis)
+    return Verified(*(local_rows(x)[:n] for x in out))
 
 
-@functools.partial(jax.jit, static_argnames=("top", "chunk"))
-def _exhaustive(bank, u0, goal, anchor, classes, scale, exclude, top, chunk):
-    m_total = bank.shape[0]
-    n_chunks = -(-m_total // chunk)
-    if m_total < chunk:  # a small bank: one zero-padded chunk
-        bank = jnp.pad(bank, ((0, chunk - m_total), (0, 0)))
+def merge_verified(parts: Sequence[Verified], top: int) -> Verified:
+    """Merge :class:`Verified` results of the same ``N`` pairs found on disjoint sets of bank rows.
+
+    Each part is ``[N, top_i]`` (its ``ids`` already in one common numbering, e.g. global bank rows). The
+    result keeps, per pair, the ``top`` valid items of all parts nearest first; among equal distances the
+    earlier part wins, then the earlier position within a part. Parts made over consecutive row ranges,
+    in row order, therefore merge as if one search had covered all the rows (ties to the lower row).
+    Slots left without a valid item are marked invalid, as in every :class:`Verified`.
+
+    Args:
+      parts: one or more :class:`Verified` (host or device arrays), each with ``N`` rows.
+      top: slots kept per pair (at most the parts' total).
+
+    Returns:
+      :class:`Verified` ``[N, top]`` (jax arrays when traced; host arrays when every part is on the host).
+    """
+    merged = jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *parts)
+    _, pos = jax.lax.top_k(jnp.where(merged.valid, -merged.distance, -jnp.inf), top)
+    out = jax.tree.map(lambda a: jnp.take_along_axis(a, pos, axis=1), merged)
+    if all(isinstance(x, np.ndarray) for p in parts for x in p):
+        return Verified(*(np.asarray(x) for x in out))
+    return out
+
+
+def _scan_bank(bank, u0, goal, anchor, classes, scale, exclude, top, chunk, offset=0, size=None):
+    """The ``top`` valid items per pair among the rows of ``bank`` ``[L, E]``, a ``chunk`` of rows at a
+    time. Row ``j`` of ``bank`` is bank row ``offset + j``; rows from ``size`` on (default: ``L``) are padding."""
+    m_local = bank.shape[0]
+    size = m_local if size is None else size
+    n_chunks = -(-m_local // chunk)
+    if m_local < chunk:  # a small bank: one zero-padded chunk
+        bank = jnp.pad(bank, ((0, chunk - m_local), (0, 0)))
 
     def body(best, c):
         # The last chunk ends at the bank's end and overlaps the one before it; its rows that were
         # already scored are marked -1. (Padding the bank to whole chunks would copy all of it.)
-        start = jnp.minimum(c * chunk, max(m_total - chunk, 0))
+        start = jnp.minimum(c * chunk, max(m_local - chunk, 0))
         x = jax.lax.dynamic_slice_in_dim(bank, start, chunk)
-        ids = start + jnp.arange(chunk, dtype=jnp.int32)
-        ids = jnp.where((ids >= c * chunk) & (ids < m_total), ids, -1)
+        pos = start + jnp.arange(chunk, dtype=jnp.int32)
+        ids = offset + pos
+        ids = jnp.where((pos >= c * chunk) & (pos < m_local) & (ids < size), ids, -1)
         # The bank is scored once per chunk; each pair reads its margins off these scores.
         sim = jnp.matmul(anchor, x.T, precision=HIGHEST)  # [N, chunk]
         z = scale * jnp.matmul(x, classes.T, precision=HIGHEST)  # [chunk, C]
@@ -176,9 +252,7 @@ def _exhaustive(bank, u0, goal, anchor, classes, scale, exclude, top, chunk):
         ranked = jax.vmap(_rank, in_axes=(None, (0, None), 0, 0, None, 0, None))(
             ids, (sim, z), dist, goal, scale, exclude, top
         )
-        merged = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), best, ranked)
-        _, pos = jax.lax.top_k(jnp.where(merged.valid, -merged.distance, -jnp.inf), top)
-        return jax.tree.map(lambda a: jnp.take_along_axis(a, pos, axis=1), merged), None
+        return merge_verified([best, ranked], top), None
 
     n = u0.shape[0]
     empty = Verified(
@@ -194,8 +268,67 @@ def _exhaustive(bank, u0, goal, anchor, classes, scale, exclude, top, chunk):
     return best
 
 
+@functools.partial(jax.jit, static_argnames=("top", "chunk"))
+def _exhaustive(bank, u0, goal, anchor, classes, scale, exclude, top, chunk):
+    return _scan_bank(bank, u0, goal, anchor, classes, scale, exclude, top, chunk)
+
+
+@functools.partial(jax.jit, static_argnames=("top", "chunk", "size", "mesh", "axis"))
+def _exhaustive_sharded(bank, u0, goal, anchor, classes, scale, exclude, top, chunk, size, mesh, axis):
+    def local(bank_part, u0, goal, anchor, classes, scale, exclude):
+        offset = jax.lax.axis_index(axis) * bank_part.shape[0]
+        best = _scan_bank(bank_part, u0, goal, anchor, classes, scale, exclude, top, chunk, offset, size)
+        parts = jax.tree.map(lambda a: jax.lax.all_gather(a, axis), best)  # [D, N, top], in row order
+        return merge_verified([jax.tree.map(lambda a, d=d: a[d], parts) for d in range(mesh.shape[axis])], top)
+
+    whole = PartitionSpec()
+    specs = (PartitionSpec(axis), whole, whole, whole, whole, whole, whole)
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=whole, check_vma=False)(
+        bank, u0, goal, anchor, classes, scale, exclude
+    )
+
+
+class ShardedBank(NamedTuple):
+    """A bank's rows split over a mesh axis for the oracle (made by :func:`shard_bank`).
+
+    Attributes:
+      rows: ``[D · L, E]`` float32, rows split over ``axis``: device ``d`` holds bank rows ``d·L`` to
+        ``(d+1)·L − 1``, ``L`` a multiple of ``chunk``; rows from ``size`` on are zero padding.
+      size: ``M``, the number of real rows.
+      chunk: the rows each device scores at a time.
+      mesh: the mesh; axis: its axis the rows are split over.
+    """
+
+    rows: jax.Array
+    size: int
+    chunk: int
+    mesh: Mesh
+    axis: str
+
+
+EXHAUSTIVE_CHUNK = 16384  # bank rows the oracle scores at a time
+
+
+def shard_bank(
+    bank: np.ndarray | jax.Array, mesh: Mesh, axis: str = BANK, chunk: int = EXHAUSTIVE_CHUNK
+) -> ShardedBank:
+    """Split a bank ``[M, E]`` over ``mesh``'s ``axis`` for :func:`exhaustive`, once for many calls.
+
+    Each device gets ``⌈M / (D · c)⌉`` whole chunks of ``c`` rows, in row order, where ``c`` is
+    :func:`jaxplain.sharding.spread_chunk` of the single-device chunk (narrower for a bank of fewer than
+    ``D · chunk`` rows, so that every device gets rows). In a multi-process job every process passes the
+    same bank (each device reads only its rows; a memory-mapped array is read in part).
+    """
+    m = int(np.shape(bank)[0])
+    devices = mesh.shape[axis]
+    c = spread_chunk(m, devices, min(chunk, 1 << (m - 1).bit_length()))
+    per_device = -(-m // (devices * c)) * c
+    host = (bank if isinstance(bank, np.ndarray) else np.asarray(bank)).astype(np.float32, copy=False)
+    return ShardedBank(shard_global(host, mesh, axis, devices * per_device), m, c, mesh, axis)
+
+
 def exhaustive(
-    bank: np.ndarray | jax.Array,
+    bank: np.ndarray | jax.Array | ShardedBank,
     u0: np.ndarray,
     goal: Goal,
     anchor: np.ndarray,
@@ -203,17 +336,39 @@ def exhaustive(
     scale: float,
     top: int,
     exclude: np.ndarray | None = None,
-    chunk: int = 16384,
+    chunk: int = EXHAUSTIVE_CHUNK,
     pairs: int = EXHAUSTIVE_PAIRS,
+    mesh: Mesh | None = None,
+    axis: str = BANK,
 ) -> Verified:
     """The oracle: verify every bank item for every pair and keep the ``top`` valid ones nearest ``u0``.
 
     Memory is bounded by ``chunk`` and ``pairs``: the bank is scored ``chunk`` items at a time with a
     running merge, for at most ``pairs`` pairs at a time. Arguments as for :func:`verify`. Distances are
     ``‖x − u0‖ = sqrt(2 − 2 x·u0)`` (unit vectors), computed as :func:`verify` computes them.
+
+    With a :class:`ShardedBank` (or ``mesh``: the bank is split over its ``axis`` by :func:`shard_bank`
+    first), every device scans its own rows for all the pairs and the per-device bests are merged by
+    :func:`merge_verified` (ties to the lower row): the same answers as on one device. In a multi-process
+    job every process passes the same pairs and gets the whole result.
     """
     n = len(u0)
     exclude = np.full(n, -1, np.int32) if exclude is None else np.asarray(exclude, np.int32)
+    if mesh is not None and not isinstance(bank, ShardedBank):
+        bank = shard_bank(bank, mesh, axis, chunk)
+    if isinstance(bank, ShardedBank):
+        sb = bank
+        classes_, scale_ = replicate((np.asarray(classes, np.float32), np.float32(scale)), sb.mesh)
+
+        def check(block):
+            rows = len(block[0])
+            u0_, goal_, anchor_, excl_ = replicate(_host_inputs(*block, rows), sb.mesh)
+            args = (sb.rows, u0_, Goal(*goal_), anchor_, classes_, scale_, excl_)
+            out = _exhaustive_sharded(*args, top=top, chunk=sb.chunk, size=sb.size, mesh=sb.mesh, axis=sb.axis)
+            return Verified(*(np.asarray(x)[:rows] for x in out))
+
+        return map_blocks(check, (u0, Goal(*goal), anchor, exclude), n, pairs)
+
     chunk = min(chunk, 1 << (int(np.shape(bank)[0]) - 1).bit_length())
     bank, classes = jnp.asarray(bank), jnp.asarray(classes)
 
@@ -223,3 +378,10 @@ def exhaustive(
         return Verified(*(x[: len(block[0])] for x in out))
 
     return map_blocks(check, (u0, Goal(*goal), anchor, exclude), n, pairs)
+
+
+def _host_inputs(u0, goal, anchor, exclude, n):
+    """:func:`_inputs` on the host (padded to ``bucket(n)`` rows by repeating the last)."""
+    b = bucket(n)
+    arrays = (np.asarray(u0, np.float32), Goal(*goal), np.asarray(anchor, np.float32), np.asarray(exclude, np.int32))
+    return jax.tree.map(lambda a: pad_edge(np.asarray(a), b), arrays)
