@@ -51,6 +51,7 @@ LABELS_FILE = "labels.npy"
 INDEX_DIR = "index"
 FORMAT = "jaxplain-bank"
 VERSION = 1
+READ_VERSION = 2  # version 2: a sharded bank (jaxplain.counterfactual.sharded_bank)
 KINDS = ("image", "text")
 
 
@@ -182,6 +183,10 @@ class Bank:
         """
         d = Path(directory)
         meta = _read_bank_meta(d)
+        if "shards" in meta:
+            from jaxplain.counterfactual.sharded_bank import load_sharded
+
+            return load_sharded(d, meta, model)
         if model is not None:
             _check_model(d, meta["model_name"], meta["fingerprint"], meta["dim"], model)
         emb = read_npy(d / EMBEDDINGS_FILE, BankError)
@@ -227,14 +232,19 @@ def _read_bank_meta(d: Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if (d / "job.json").is_file():
+            raise BankError(
+                f"{d}: a sharded bank whose build has not finished; run the same `jaxplain bank build` again to "
+                "finish it"
+            ) from None
         raise BankError(f"{d}: not a bank (no {BANK_FILE}); build one with `jaxplain bank build`") from None
     except (OSError, ValueError) as e:
         raise BankError(f"{path}: unreadable ({e})") from None
     need = ("kind", "model_name", "fingerprint", "size", "dim", "index")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or any(k not in meta for k in need):
         raise BankError(f"{path}: not a jaxplain bank description")
-    if meta.get("version", 0) > VERSION:
-        raise BankError(f"{path}: format version {meta['version']} is newer than this jaxplain reads ({VERSION})")
+    if meta.get("version", 0) > READ_VERSION:
+        raise BankError(f"{path}: format version {meta['version']} is newer than this jaxplain reads ({READ_VERSION})")
     return meta
 
 
