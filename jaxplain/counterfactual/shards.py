@@ -15,20 +15,30 @@ calibrating needs no rebuild (:func:`with_leaves`).
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from jaxplain.counterfactual.index import (
+    FORMAT,
+    INDEX_FILE,
+    VERSION,
     ExactIndex,
     Index,
+    IndexFileError,
     ScannIndex,
     ScannParams,
     _check_embeddings,
     _check_k,
     _check_queries,
+    _write_meta,
+    atomic_directory,
     build_index,
+    load_index,
 )
 from jaxplain.errors import InputError
 
@@ -161,9 +171,80 @@ class ShardedIndex:
         k = _check_k(k, self.size)
         return merge_top_k([self.search_shard(s, q, k) for s in range(self.num_shards)], k)
 
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write every shard to ``directory/shard-NNNNN/`` (as its own ``save`` does) and ``index.json`` listing
+        them with their first rows, atomically."""
+        with atomic_directory(directory) as tmp:
+            for i, ix in enumerate(self.indexes):
+                ix.save(tmp / shard_dir(i))
+            shards = [
+                {"dir": shard_dir(i), "offset": int(o), "size": ix.size}
+                for i, (o, ix) in enumerate(zip(self.offsets, self.indexes))
+            ]
+            _write_meta(tmp, {"backend": self.backend, "size": self.size, "dim": self.dim, "shards": shards})
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> ShardedIndex:
+        """Read every shard written by :meth:`save`."""
+        meta = _read_sharded_meta(directory)
+        loaded = [load_shard(directory, i) for i in range(len(meta["shards"]))]
+        try:
+            index = cls([ix for ix, _ in loaded], [o for _, o in loaded])
+        except InputError as e:
+            raise IndexFileError(f"{directory}: {e}") from None
+        if index.size != meta.get("size"):
+            raise IndexFileError(
+                f"{directory}: the shards hold {index.size} rows, {INDEX_FILE} says {meta.get('size')}"
+            )
+        return index
+
     def __repr__(self) -> str:
         inner = ", ".join(repr(ix) for ix in self.indexes[:3]) + (", …" if self.num_shards > 3 else "")
         return f"ShardedIndex({self.num_shards} shards, size={self.size}, dim={self.dim}: {inner})"
+
+
+def shard_dir(shard: int) -> str:
+    """The directory of shard ``shard`` inside a saved sharded index."""
+    return f"shard-{shard:05d}"
+
+
+def _read_sharded_meta(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / INDEX_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise IndexFileError(f"{directory}: not an index directory (no {INDEX_FILE})") from None
+    except (OSError, ValueError) as e:
+        raise IndexFileError(f"{path}: unreadable ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("backend") != ShardedIndex.backend:
+        raise IndexFileError(f"{path}: not a jaxplain sharded index description")
+    if meta.get("version", 0) > VERSION:
+        raise IndexFileError(f"{path}: format version {meta['version']} is newer than this jaxplain reads ({VERSION})")
+    shards = meta.get("shards")
+    if not isinstance(shards, list) or not shards or not all(isinstance(s, dict) for s in shards):
+        raise IndexFileError(f"{path}: lists no shards")
+    return meta
+
+
+def load_shard(directory: str | os.PathLike, shard: int) -> tuple[Index, int]:
+    """One shard of a saved sharded index and its first global row: what a host that serves one shard reads.
+
+    Its answers plus that row are global rows (as :meth:`ShardedIndex.search_shard` gives them).
+    """
+    meta = _read_sharded_meta(directory)
+    shards = meta["shards"]
+    if int(shard) != shard or not 0 <= shard < len(shards):
+        raise InputError(f"shard must be in [0, {len(shards)}), got {shard!r}")
+    entry = shards[shard]
+    if entry.get("dir") != shard_dir(shard):
+        raise IndexFileError(f"{directory}: shard {shard} is listed as {entry.get('dir')!r}, not {shard_dir(shard)!r}")
+    index = load_index(Path(directory) / shard_dir(shard))
+    if (index.size, index.dim) != (entry.get("size"), meta.get("dim")):
+        raise IndexFileError(
+            f"{directory}: shard {shard} holds [{index.size}, {index.dim}], {INDEX_FILE} says "
+            f"[{entry.get('size')}, {meta.get('dim')}]"
+        )
+    return index, int(entry["offset"])
 
 
 # ------------------------------------------------------------------------------------------- calibration
