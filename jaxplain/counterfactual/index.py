@@ -36,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxplain.batching import bucket, chunks, pad_rows
 from jaxplain.errors import InputError, JaxplainError
-from jaxplain.sharding import BANK, replicate, shard_global, spread_chunk
+from jaxplain.sharding import BANK, replicate, shard_global
 
 CHUNK_ROWS = 8192  # bank rows scored per step of the exact search: [QUERY_BLOCK, CHUNK_ROWS] float32 = 32 MiB
 QUERY_BLOCK = 1024  # queries per call of the jitted exact search (larger query sets are split)
@@ -174,12 +174,15 @@ class ExactIndex:
     """Exact top-k by dot product over a bank ``[N, E]`` (the test oracle), held on the default device, or
     split over the devices of a mesh axis.
 
-    With ``mesh``, the bank is cut into chunks of ``R`` rows, :func:`jaxplain.sharding.spread_chunk` of the
-    single-device chunk ``min(chunk_rows, bucket(N))`` (the same from ``N ≥ D · chunk_rows / 2`` on,
-    narrower below so that every device gets rows), dealt out in order, as many to each of the ``D``
-    devices of ``axis`` (the last ones padded), and a search runs :func:`sharded_exact_top_k`: the same ids
-    and scores as without a mesh, ties included. In a multi-process job every process passes the same bank
-    (each device reads only its chunks) and the same queries, and every process gets the whole result.
+    With ``mesh``, the single-device chunks (``R = min(chunk_rows, bucket(N))`` rows) are dealt out in order,
+    ``⌈C / D⌉`` to each of the ``D`` devices of ``axis`` (the last ones padded), and a search runs
+    :func:`sharded_exact_top_k`: every device scores its chunks with the single-device program's products,
+    so the ids and scores equal those without a mesh (same ``chunk_rows``) bit for bit, ties included. A
+    bank of fewer than ``D · R`` rows leaves devices with only padding; ``chunk_rows =``
+    :func:`jaxplain.sharding.spread_chunk` ``(N, D, chunk_rows)`` spreads it (the results then equal a
+    single-device index with that ``chunk_rows``; another chunk width may change scores in the last bit).
+    In a multi-process job every process passes the same bank (each device reads only its chunks) and the
+    same queries, and every process gets the whole result.
 
     Attributes:
       size: ``N``, the number of bank rows.
@@ -196,14 +199,13 @@ class ExactIndex:
         self.size, self.dim = x.shape
         self.mesh, self.axis = mesh, axis
         rows = min(chunk_rows, bucket(self.size))  # a small bank is one chunk of its power-of-two bucket
+        num_chunks = -(-self.size // rows)
         if mesh is None:
-            num_chunks = -(-self.size // rows)
             self._host = None
             self._bank = jnp.asarray(pad_rows(x, num_chunks * rows).reshape(num_chunks, rows, self.dim))
         else:
             devices = mesh.shape[axis]
-            rows = spread_chunk(self.size, devices, rows)
-            num_chunks = -(-self.size // (devices * rows)) * devices
+            num_chunks = -(-num_chunks // devices) * devices
             flat = shard_global(x, mesh, axis, num_chunks * rows)
             split = NamedSharding(mesh, PartitionSpec(axis))
             self._host = x  # every process holds the bank; the devices hold only their chunks

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxplain.batching import bucket, map_blocks, pad_edge, to_bucket
 from jaxplain.objectives import HIGHEST, Goal, margin, reported_score
@@ -27,9 +27,7 @@ from jaxplain.sharding import (
     local_blocks,
     local_rows,
     replicate,
-    shard_global,
     shard_rows,
-    spread_chunk,
 )
 
 BLOCK_ROWS = 4096  # candidates gathered and scored at once (pairs × candidates per pair)
@@ -117,16 +115,27 @@ def _verify_block(bank, classes, scale, top, block):
     return jax.vmap(_rank, in_axes=(0, 0, 0, 0, None, 0, None))(cand, (sim, z), dist, goal, scale, exclude, top)
 
 
+def _block_pairs(n: int, k: int, block_rows: int) -> int:
+    """Pairs per block of the verifier: the most whole pairs within ``block_rows`` candidates, a power of
+    two (at least one pair, at most ``n``)."""
+    return min(n, 1 << max(0, (block_rows // k).bit_length() - 1))
+
+
+def _verify_blocks(cand, bank, u0, goal, anchor, classes, scale, exclude, top, b):
+    n = cand.shape[0]
+    blocks = jax.tree.map(lambda a: a.reshape(n // b, b, *a.shape[1:]), (cand, u0, goal, anchor, exclude))
+    out = jax.lax.map(functools.partial(_verify_block, bank, classes, scale, top), blocks)
+    return jax.tree.map(lambda a: a.reshape(n, *a.shape[2:]), out)
+
+
 @functools.partial(jax.jit, static_argnames=("top", "block_rows"))
 def _verify(cand, bank, u0, goal, anchor, classes, scale, exclude, top, block_rows):
     # Blocks of pairs, one after another, each with at most block_rows candidates (or one pair): a
     # block's gathered candidates stay small and their buffer is reused, where gathering every pair's
     # at once wrote hundreds of MB of fresh pages (1,024 pairs × 256 candidates: 0.15–0.3 s, not 0.05 s).
     n, k = cand.shape  # n: a power-of-two bucket
-    b = min(n, 1 << max(0, (block_rows // k).bit_length() - 1))
-    blocks = jax.tree.map(lambda a: a.reshape(n // b, b, *a.shape[1:]), (cand, u0, goal, anchor, exclude))
-    out = jax.lax.map(functools.partial(_verify_block, bank, classes, scale, top), blocks)
-    return jax.tree.map(lambda a: a.reshape(n, *a.shape[2:]), out)
+    b = _block_pairs(n, k, block_rows)
+    return _verify_blocks(cand, bank, u0, goal, anchor, classes, scale, exclude, top, b)
 
 
 def _inputs(u0, goal, anchor, exclude, n):
@@ -134,23 +143,15 @@ def _inputs(u0, goal, anchor, exclude, n):
     return to_bucket((np.asarray(u0, np.float32), Goal(*goal), np.asarray(anchor, np.float32), exclude), n)
 
 
-@functools.partial(jax.jit, static_argnames=("top", "block_rows", "mesh", "axis"))
-def _verify_sharded(cand, bank, u0, goal, anchor, classes, scale, exclude, top, block_rows, mesh, axis):
-    # Each device verifies its own pairs with the single-device program; the bank and classes are whole.
+@functools.partial(jax.jit, static_argnames=("top", "b", "mesh", "axis"))
+def _verify_sharded(cand, bank, u0, goal, anchor, classes, scale, exclude, top, b, mesh, axis):
+    # Each device verifies its own blocks of b pairs with the single-device program; bank and classes whole.
     rows, whole = PartitionSpec(axis), PartitionSpec()
-    local = functools.partial(_verify, top=top, block_rows=block_rows)
+    local = functools.partial(_verify_blocks, top=top, b=b)
     specs = (rows, whole, rows, rows, rows, whole, whole, rows)
     return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=rows, check_vma=False)(
         cand, bank, u0, goal, anchor, classes, scale, exclude
     )
-
-
-def pair_rows(n: int, mesh: Mesh, axis: str = DATA) -> int:
-    """The rows ``n`` local pairs are padded to before they are split over ``axis``: each of this process's
-    ``b`` row blocks gets ``bucket(⌈n / b⌉)`` rows (a power of two, so the per-device programs compile once
-    per bucket and split into blocks evenly). With ``b`` a power of two this is ``max(bucket(n), b)``."""
-    b = local_blocks(mesh, axis)
-    return b * bucket(-(-n // b))
 
 
 def verify(
@@ -177,7 +178,8 @@ def verify(
       exclude: ``[N]`` a bank row per pair that may not be returned (the original item itself), or -1.
       block_rows: candidates gathered and scored at once (whole pairs, at least one); bounds memory.
       mesh: split the pairs over this mesh's ``axis`` (the bank and classes on every device); None: the
-        default device. Each device runs the single-device program on its pairs. In a multi-process job
+        default device. The single-device blocks of pairs are dealt out to the devices in order: the
+        results equal the single-device ones bit for bit. In a multi-process job
         each process passes its own ``N`` pairs (the same ``N`` everywhere: pad to a common bucket) and the
         same bank, and gets its own pairs' results.
 
@@ -193,13 +195,20 @@ def verify(
         args = (cand, jnp.asarray(bank), u0_, goal_, anchor_, jnp.asarray(classes), jnp.float32(scale), excl_)
         out = _verify(*args, top=top, block_rows=block_rows)
         return Verified(*(np.asarray(x)[:n] for x in out))
+    # The single-device blocks of pairs are dealt out in order, as many to each device (the last padded):
+    # every device runs the single-device program on blocks of the single-device shape, so each pair's
+    # scores are computed exactly as without a mesh (a smaller block changes logits in the last bit).
     exclude = np.full(n, -1, np.int32) if exclude is None else np.asarray(exclude, np.int32)
+    nb, k = bucket(n), candidates.shape[1]
+    b = _block_pairs(nb, k, block_rows)
+    devices = local_blocks(mesh, axis)
+    rows = devices * b * -(-nb // (b * devices))
     pairs = (np.asarray(candidates, np.int32), np.asarray(u0, np.float32), Goal(*goal), np.asarray(anchor), exclude)
     pairs = jax.tree.map(np.asarray, pairs)
-    cand, u0_, goal_, anchor_, excl_ = shard_rows(pairs, mesh, axis, pair_rows(n, mesh, axis)).arrays
+    cand, u0_, goal_, anchor_, excl_ = shard_rows(pairs, mesh, axis, rows).arrays
     bank_, classes_, scale_ = replicate((bank, np.asarray(classes, np.float32), np.float32(scale)), mesh)
     args = (cand, bank_, u0_, Goal(*goal_), anchor_.astype(jnp.float32), classes_, scale_, excl_)
-    out = _verify_sharded(*args, top=top, block_rows=block_rows, mesh=mesh, axis=axis)
+    out = _verify_sharded(*args, top=top, b=b, mesh=mesh, axis=axis)
     return Verified(*(local_rows(x)[:n] for x in out))
 
 
@@ -227,81 +236,92 @@ def merge_verified(parts: Sequence[Verified], top: int) -> Verified:
     return out
 
 
-def _scan_bank(bank, u0, goal, anchor, classes, scale, exclude, top, chunk, offset=0, size=None):
-    """The ``top`` valid items per pair among the rows of ``bank`` ``[L, E]``, a ``chunk`` of rows at a
-    time. Row ``j`` of ``bank`` is bank row ``offset + j``; rows from ``size`` on (default: ``L``) are padding."""
-    m_local = bank.shape[0]
-    size = m_local if size is None else size
-    n_chunks = -(-m_local // chunk)
-    if m_local < chunk:  # a small bank: one zero-padded chunk
-        bank = jnp.pad(bank, ((0, chunk - m_local), (0, 0)))
-
-    def body(best, c):
-        # The last chunk ends at the bank's end and overlaps the one before it; its rows that were
-        # already scored are marked -1. (Padding the bank to whole chunks would copy all of it.)
-        start = jnp.minimum(c * chunk, max(m_local - chunk, 0))
-        x = jax.lax.dynamic_slice_in_dim(bank, start, chunk)
-        pos = start + jnp.arange(chunk, dtype=jnp.int32)
-        ids = offset + pos
-        ids = jnp.where((pos >= c * chunk) & (pos < m_local) & (ids < size), ids, -1)
-        # The bank is scored once per chunk; each pair reads its margins off these scores.
-        sim = jnp.matmul(anchor, x.T, precision=HIGHEST)  # [N, chunk]
-        z = scale * jnp.matmul(x, classes.T, precision=HIGHEST)  # [chunk, C]
-        near = jnp.matmul(u0, x.T, precision=HIGHEST)
-        dist = jnp.sqrt(jnp.maximum(2.0 - 2.0 * near, 0.0))  # unit vectors: ‖x − u0‖
-        ranked = jax.vmap(_rank, in_axes=(None, (0, None), 0, 0, None, 0, None))(
-            ids, (sim, z), dist, goal, scale, exclude, top
-        )
-        return merge_verified([best, ranked], top), None
-
-    n = u0.shape[0]
-    empty = Verified(
+def _empty(n, top, dtype):
+    return Verified(
         ids=jnp.full((n, top), -1, jnp.int32),
-        distance=jnp.full((n, top), jnp.inf, u0.dtype),
-        margin=jnp.zeros((n, top), u0.dtype),
-        score=jnp.zeros((n, top), u0.dtype),
+        distance=jnp.full((n, top), jnp.inf, dtype),
+        margin=jnp.zeros((n, top), dtype),
+        score=jnp.zeros((n, top), dtype),
         predicted=jnp.zeros((n, top), jnp.int32),
-        confidence=jnp.zeros((n, top), u0.dtype),
+        confidence=jnp.zeros((n, top), dtype),
         valid=jnp.zeros((n, top), bool),
     )
-    best, _ = jax.lax.scan(body, empty, jnp.arange(n_chunks))
-    return best
+
+
+def _check_chunk(best, x, ids, u0, goal, anchor, classes, scale, exclude, top):
+    """``best`` merged with the valid items among one chunk ``x`` ``[R, E]`` of bank rows ``ids`` ``[R]``
+    (``-1``: a row not to return)."""
+    # The bank is scored once per chunk; each pair reads its margins off these scores.
+    sim = jnp.matmul(anchor, x.T, precision=HIGHEST)  # [N, chunk]
+    z = scale * jnp.matmul(x, classes.T, precision=HIGHEST)  # [chunk, C]
+    near = jnp.matmul(u0, x.T, precision=HIGHEST)
+    dist = jnp.sqrt(jnp.maximum(2.0 - 2.0 * near, 0.0))  # unit vectors: ‖x − u0‖
+    ranked = jax.vmap(_rank, in_axes=(None, (0, None), 0, 0, None, 0, None))(
+        ids, (sim, z), dist, goal, scale, exclude, top
+    )
+    return merge_verified([best, ranked], top)
+
+
+def _windows(m: int, chunk: int) -> list[int]:
+    """The first row of each chunk of the oracle's scan over ``m`` rows: whole chunks, the last one ending at
+    the bank's end (overlapping the one before it) when ``m`` is not a multiple of ``chunk``."""
+    return [min(c * chunk, max(m - chunk, 0)) for c in range(-(-m // chunk))]
 
 
 @functools.partial(jax.jit, static_argnames=("top", "chunk"))
 def _exhaustive(bank, u0, goal, anchor, classes, scale, exclude, top, chunk):
-    return _scan_bank(bank, u0, goal, anchor, classes, scale, exclude, top, chunk)
+    m_total = bank.shape[0]
+    n_chunks = -(-m_total // chunk)
+    if m_total < chunk:  # a small bank: one zero-padded chunk
+        bank = jnp.pad(bank, ((0, chunk - m_total), (0, 0)))
+
+    def body(best, c):
+        # The last chunk ends at the bank's end and overlaps the one before it; its rows that were
+        # already scored are marked -1. (Padding the bank to whole chunks would copy all of it.)
+        start = jnp.minimum(c * chunk, max(m_total - chunk, 0))
+        x = jax.lax.dynamic_slice_in_dim(bank, start, chunk)
+        ids = start + jnp.arange(chunk, dtype=jnp.int32)
+        ids = jnp.where((ids >= c * chunk) & (ids < m_total), ids, -1)
+        return _check_chunk(best, x, ids, u0, goal, anchor, classes, scale, exclude, top), None
+
+    best, _ = jax.lax.scan(body, _empty(u0.shape[0], top, u0.dtype), jnp.arange(n_chunks))
+    return best
 
 
-@functools.partial(jax.jit, static_argnames=("top", "chunk", "size", "mesh", "axis"))
-def _exhaustive_sharded(bank, u0, goal, anchor, classes, scale, exclude, top, chunk, size, mesh, axis):
-    def local(bank_part, u0, goal, anchor, classes, scale, exclude):
-        offset = jax.lax.axis_index(axis) * bank_part.shape[0]
-        best = _scan_bank(bank_part, u0, goal, anchor, classes, scale, exclude, top, chunk, offset, size)
-        parts = jax.tree.map(lambda a: jax.lax.all_gather(a, axis), best)  # [D, N, top], in row order
+@functools.partial(jax.jit, static_argnames=("top", "mesh", "axis"))
+def _exhaustive_sharded(rows, ids, u0, goal, anchor, classes, scale, exclude, top, mesh, axis):
+    def local(rows, ids, u0, goal, anchor, classes, scale, exclude):
+        def body(best, chunk):
+            x, i = chunk
+            return _check_chunk(best, x, i, u0, goal, anchor, classes, scale, exclude, top), None
+
+        best, _ = jax.lax.scan(body, _empty(u0.shape[0], top, u0.dtype), (rows, ids))
+        parts = jax.tree.map(lambda a: jax.lax.all_gather(a, axis), best)  # [D, N, top], devices in row order
         return merge_verified([jax.tree.map(lambda a, d=d: a[d], parts) for d in range(mesh.shape[axis])], top)
 
-    whole = PartitionSpec()
-    specs = (PartitionSpec(axis), whole, whole, whole, whole, whole, whole)
+    split, whole = PartitionSpec(axis), PartitionSpec()
+    specs = (split, split, whole, whole, whole, whole, whole, whole)
     return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=whole, check_vma=False)(
-        bank, u0, goal, anchor, classes, scale, exclude
+        rows, ids, u0, goal, anchor, classes, scale, exclude
     )
 
 
 class ShardedBank(NamedTuple):
-    """A bank's rows split over a mesh axis for the oracle (made by :func:`shard_bank`).
+    """A bank's rows laid out in the oracle's chunks and split over a mesh axis (made by :func:`shard_bank`).
 
     Attributes:
-      rows: ``[D · L, E]`` float32, rows split over ``axis``: device ``d`` holds bank rows ``d·L`` to
-        ``(d+1)·L − 1``, ``L`` a multiple of ``chunk``; rows from ``size`` on are zero padding.
-      size: ``M``, the number of real rows.
-      chunk: the rows each device scores at a time.
-      mesh: the mesh; axis: its axis the rows are split over.
+      rows: ``[T, R, E]`` float32, the chunks the single-device oracle scans (the last one overlapping the one
+        before it, or zero-padded for a bank smaller than a chunk), then all-zero chunks up to a multiple of
+        the ``D`` devices; split over ``axis`` along ``T``, in order.
+      ids: ``[T, R]`` int32, split as ``rows``: each row's bank row, ``-1`` for padding and for rows an
+        earlier chunk already holds.
+      size: ``M``, the number of bank rows.
+      mesh: the mesh; axis: its axis the chunks are split over.
     """
 
     rows: jax.Array
+    ids: jax.Array
     size: int
-    chunk: int
     mesh: Mesh
     axis: str
 
@@ -312,19 +332,45 @@ EXHAUSTIVE_CHUNK = 16384  # bank rows the oracle scores at a time
 def shard_bank(
     bank: np.ndarray | jax.Array, mesh: Mesh, axis: str = BANK, chunk: int = EXHAUSTIVE_CHUNK
 ) -> ShardedBank:
-    """Split a bank ``[M, E]`` over ``mesh``'s ``axis`` for :func:`exhaustive`, once for many calls.
+    """A bank ``[M, E]`` split over ``mesh``'s ``axis`` for :func:`exhaustive` (made once for many calls).
 
-    Each device gets ``⌈M / (D · c)⌉`` whole chunks of ``c`` rows, in row order, where ``c`` is
-    :func:`jaxplain.sharding.spread_chunk` of the single-device chunk (narrower for a bank of fewer than
-    ``D · chunk`` rows, so that every device gets rows). In a multi-process job every process passes the
-    same bank (each device reads only its rows; a memory-mapped array is read in part).
+    The bank is cut into the single-device oracle's chunks of ``R = min(chunk, bucket(M))`` rows, ``T₀ =
+    ⌈M / R⌉`` of them, dealt out in order, ``⌈T₀ / D⌉`` to each device: every device scores exactly the
+    windows of rows one device would, so the oracle's answers are the same bit for bit. A bank of fewer
+    than ``D · R`` rows leaves devices with only padding; ``chunk =``
+    :func:`jaxplain.sharding.spread_chunk` ``(M, D, chunk)`` spreads it (the answers then equal the
+    single-device oracle's with that ``chunk``). In a multi-process job every process passes the same bank
+    (each device reads only its chunks; a memory-mapped array is read in part).
     """
-    m = int(np.shape(bank)[0])
+    host = bank if isinstance(bank, np.ndarray) else np.asarray(bank)
+    m, e = host.shape
+    r = min(chunk, 1 << (m - 1).bit_length())
+    starts = _windows(m, r)
     devices = mesh.shape[axis]
-    c = spread_chunk(m, devices, min(chunk, 1 << (m - 1).bit_length()))
-    per_device = -(-m // (devices * c)) * c
-    host = (bank if isinstance(bank, np.ndarray) else np.asarray(bank)).astype(np.float32, copy=False)
-    return ShardedBank(shard_global(host, mesh, axis, devices * per_device), m, c, mesh, axis)
+    total = -(-len(starts) // devices) * devices
+
+    def chunk_ids(t):
+        if t >= len(starts):
+            return np.full(r, -1, np.int32)
+        i = starts[t] + np.arange(r, dtype=np.int32)
+        return np.where((i >= t * r) & (i < m), i, -1).astype(np.int32)
+
+    def chunk_rows(t):
+        x = np.zeros((r, e), np.float32)
+        if t < len(starts):
+            got = host[starts[t] : starts[t] + r]
+            x[: len(got)] = got
+        return x
+
+    split = NamedSharding(mesh, PartitionSpec(axis))
+
+    def put(shape, make):
+        def block(index):
+            return np.stack([make(t) for t in range(total)[index[0]]])
+
+        return jax.make_array_from_callback(shape, split, block)
+
+    return ShardedBank(put((total, r, e), chunk_rows), put((total, r), chunk_ids), m, mesh, axis)
 
 
 def exhaustive(
@@ -348,9 +394,10 @@ def exhaustive(
     ``‖x − u0‖ = sqrt(2 − 2 x·u0)`` (unit vectors), computed as :func:`verify` computes them.
 
     With a :class:`ShardedBank` (or ``mesh``: the bank is split over its ``axis`` by :func:`shard_bank`
-    first), every device scans its own rows for all the pairs and the per-device bests are merged by
-    :func:`merge_verified` (ties to the lower row): the same answers as on one device. In a multi-process
-    job every process passes the same pairs and gets the whole result.
+    first, with this ``chunk``), every device scans its own chunks for all the pairs and the per-device
+    bests are merged by :func:`merge_verified` (ties to the lower row): the same answers as on one device
+    with the same ``chunk``, bit for bit. In a multi-process job every process passes the same pairs and
+    gets the whole result.
     """
     n = len(u0)
     exclude = np.full(n, -1, np.int32) if exclude is None else np.asarray(exclude, np.int32)
@@ -360,14 +407,14 @@ def exhaustive(
         sb = bank
         classes_, scale_ = replicate((np.asarray(classes, np.float32), np.float32(scale)), sb.mesh)
 
-        def check(block):
+        def check_sharded(block):
             rows = len(block[0])
             u0_, goal_, anchor_, excl_ = replicate(_host_inputs(*block, rows), sb.mesh)
-            args = (sb.rows, u0_, Goal(*goal_), anchor_, classes_, scale_, excl_)
-            out = _exhaustive_sharded(*args, top=top, chunk=sb.chunk, size=sb.size, mesh=sb.mesh, axis=sb.axis)
+            args = (sb.rows, sb.ids, u0_, Goal(*goal_), anchor_, classes_, scale_, excl_)
+            out = _exhaustive_sharded(*args, top=top, mesh=sb.mesh, axis=sb.axis)
             return Verified(*(np.asarray(x)[:rows] for x in out))
 
-        return map_blocks(check, (u0, Goal(*goal), anchor, exclude), n, pairs)
+        return map_blocks(check_sharded, (u0, Goal(*goal), anchor, exclude), n, pairs)
 
     chunk = min(chunk, 1 << (int(np.shape(bank)[0]) - 1).bit_length())
     bank, classes = jnp.asarray(bank), jnp.asarray(classes)
