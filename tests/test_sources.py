@@ -510,3 +510,13 @@ def test_decode_parallel_pixels_equal_inline(tmp_path):
     for r, d in zip(records, out):
         assert d.item is r and d.error is None
         np.testing.assert_array_equal(d.value, PROCESSING.pixels(png(int(r.key)), "x"))
+
+
+def test_gzipped_tar_and_a_kind_given_by_hand(tmp_path):
+    import gzip
+
+    write_tar(tmp_path / "s.tar", [sample(i) for i in range(3)])
+    (tmp_path / "s.tar.gz").write_bytes(gzip.compress((tmp_path / "s.tar").read_bytes()))
+    assert [r.text for r in read_records(list_shards(tmp_path / "s.tar.gz"))] == [f"caption {i}" for i in range(3)]
+    (tmp_path / "pairs.txt").write_text('{"a": 1}\n{"a": 2}\n')
+    assert [r.fields for r in read_records(list_shards(tmp_path / "pairs.txt", kind="jsonl"))] == [{"a": 1}, {"a": 2}]

@@ -35,7 +35,7 @@ from jaxplain.data.images import IMAGE_SUFFIXES, list_images
 from jaxplain.errors import InputError
 
 KINDS = ("jsonl", "tar", "parquet", "images")
-JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")  # a .json file is one document: pass kind="jsonl" for lines
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 PARQUET_SUFFIXES = (".parquet",)
 # The members of a webdataset sample that hold its image, in order of preference.
@@ -246,8 +246,8 @@ def list_shards(
         raise InputError(f"unknown kind of input {kind!r}; the kinds are {', '.join(KINDS)}")
     kinds = {p: kind or kind_of(p) for p in paths}
     if len(set(kinds.values())) > 1:
-        listed = ", ".join(f"{p} ({k})" for p, k in list(kinds.items())[:4])
-        raise InputError(f"the inputs mix kinds ({listed}…); give one kind at a time")
+        listed = ", ".join(f"{p} ({k})" for p, k in list(kinds.items())[:4]) + ("…" if len(kinds) > 4 else "")
+        raise InputError(f"the inputs mix kinds ({listed}); give one kind at a time")
     kind = kinds[paths[0]]
     if kind == "images":
         return _image_shards(paths, config)
@@ -285,20 +285,12 @@ def shards_for_process(shards: Sequence[Shard], process_index: int, process_coun
 
 def _image_shards(paths: list[str], config: SourceConfig) -> list[Shard]:
     files = [str(f) for f in list_images(paths)]
-    return [
-        Shard(
-            i,
-            "images",
-            "",
-            s,
-            s + len(files[s : s + config.chunk]),
-            s,
-            len(files[s : s + config.chunk]),
-            items=tuple(files[s : s + config.chunk]),
-            config=config,
-        )
-        for i, s in enumerate(range(0, len(files), config.chunk))
-    ]
+    shards = []
+    for i, start in enumerate(range(0, len(files), config.chunk)):
+        items = tuple(files[start : start + config.chunk])
+        stop = start + len(items)
+        shards.append(Shard(i, "images", "", start, stop, first_row=start, size=len(items), items=items, config=config))
+    return shards
 
 
 def _jsonl_cuts(path: str, chunk: int) -> list[tuple[int, int, int]]:
