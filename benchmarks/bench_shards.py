@@ -3,14 +3,20 @@
 For each bank it compares, in one run:
 
 * ``whole``: one ScaNN index (:meth:`ScannParams.for_size`), searching ``l`` of its ``L`` leaves;
+* ``S×total``: ``S`` shards (as below) searching ``max(1, round(l / S))`` leaves each: the whole's total of
+  leaves, fewer items scored;
 * ``S×work``: ``S`` consecutive row shards, each with its own index (``L_s = round(√n_s)`` leaves: the
   for_size rule, with a tree even below ``SCANN_TREE_MIN_SIZE``), each searching the same *share* of its
   leaves as the whole does, ``l_s = max(1, round(l · L_s / L))``: the items scored with the quantised codes,
   ``Σ l_s · n_s / L_s``, are then those of the whole index (EQUAL WORK). Each shard re-orders its own
   ``max(100, 2k)`` candidates exactly, so re-ordering costs ``S``× the whole's (printed);
 * ``S×leaves``: each shard searching as many leaves as the whole (``l``; ``S``× the work);
+* ``whole rR``: the whole index re-ordering ``R = S · max(100, 2k)`` candidates, as many as ``S`` shards do
+  together (a search-time setting: same searcher), so that ``S×work`` against it is equal work in both stages;
 * ``S×recall``: each shard's leaves from :func:`calibrate_leaves` for the recall@k that the whole index
-  reaches on the calibration sample of the whole bank (EQUAL RECALL).
+  reaches on the calibration sample of the whole bank (EQUAL RECALL), each shard's recall@k of its own top-k;
+* ``S×recall/S``: the same target for each shard's recall of its own top ``⌈k · n_s / N⌉`` among the ``k``
+  it returns (``RecallTarget(share=True)``): its part of the merged answer when rows are in random order.
 
 It prints recall@k against exact search of the whole bank, and, where the bank holds the shipped model's
 embeddings, found-rate and median proximity ratio against the oracle (``search="exhaustive"``) through
@@ -49,6 +55,7 @@ from jaxplain.counterfactual.shards import (
     calibration_queries,
     recall_at_k,
     shard_bounds,
+    shard_top,
     with_leaves,
 )
 from jaxplain.counterfactual.solver import SolverConfig, solve_targets
@@ -117,10 +124,24 @@ def configurations(emb: np.ndarray, shard_counts, k: int, seed: int) -> tuple[li
             for i, (ix, a, b) in enumerate(zip(shards, bounds[:-1], bounds[1:]))
         ]
         calibrated = [with_leaves(ix, c.leaves) for ix, c in zip(shards, cals)]
+        share_cals = [
+            calibrate_leaves(ix, emb[a:b], k, target, seed=seed + 1 + i, top=shard_top(k, b - a, len(emb)))
+            for i, (ix, a, b) in enumerate(zip(shards, bounds[:-1], bounds[1:]))
+        ]
+        share_calibrated = [with_leaves(ix, c.leaves) for ix, c in zip(shards, share_cals)]
+        same_total = [with_leaves(ix, max(1, round(searched / s))) for ix in shards]
+        reorder = dataclasses.replace(whole.params, reorder=s * max(whole.params.reorder, 2 * k))
         configs += [
+            Config(f"{s}×total", ShardedIndex(same_total, bounds[:-1])),
             Config(f"{s}×work", ShardedIndex(same_share, bounds[:-1])),
             Config(f"{s}×leaves", ShardedIndex(same_leaves, bounds[:-1])),
             Config(f"{s}×recall", ShardedIndex(calibrated, bounds[:-1]), " ".join(f"{c.recall:.3f}" for c in cals)),
+            Config(
+                f"{s}×recall/S",
+                ShardedIndex(share_calibrated, bounds[:-1]),
+                " ".join(f"{c.recall:.3f}" for c in share_cals),
+            ),
+            Config(f"whole r{reorder.reorder}", ScannIndex(whole.searcher, whole.size, whole.dim, reorder)),
         ]
     print(f"  {built}; calibration target (whole index, calibration sample, recall@{k}): {target:.4f}", flush=True)
     return configs, target
@@ -130,7 +151,7 @@ def print_recalls(configs: list[Config], query_sets: dict[str, np.ndarray], emb:
     exact = ExactIndex(emb)
     truths = {(name, k): exact.search(q, k)[0] for name, q in query_sets.items() for k in ks}
     cols = [f"{name} @{k}" for name in query_sets for k in ks]
-    print(f"  {'config':11} {'leaves/shard':>16} {'total':>6} {'scored':>7} {'reorder':>7} " + " ".join(cols))
+    print(f"  {'config':11} {'leaves/shard':>12} {'total':>6} {'scored':>7} {'reorder':>7} " + " ".join(cols))
     out = {}
     for c in configs:
         leaves, scored, reorder = work(c.index, max(ks))
@@ -139,7 +160,7 @@ def print_recalls(configs: list[Config], query_sets: dict[str, np.ndarray], emb:
         rs = [recall_at_k(c.index.search(q, k)[0], truths[name, k]) for name, q in query_sets.items() for k in ks]
         out[c.name] = rs
         print(
-            f"  {c.name:11} {per_s:>16} {leaves:>6} {scored / len(emb):>7.2%} {reorder:>7} "
+            f"  {c.name:11} {per_s:>12} {leaves:>6} {scored / len(emb):>7.2%} {reorder:>7} "
             + " ".join(f"{r:>{len(col)}.4f}" for r, col in zip(rs, cols))
             + (f"   (calibrated per shard: {c.calibrated})" if c.calibrated else ""),
             flush=True,

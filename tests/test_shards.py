@@ -1,6 +1,7 @@
 """Sharded indexes: the exact merge against the exact whole-bank search, ScaNN shards against exact search,
 and leaves calibrated to a recall target."""
 
+import dataclasses
 import itertools
 import json
 import math
@@ -22,6 +23,7 @@ from jaxplain.counterfactual.shards import (
     merge_top_k,
     recall_at_k,
     shard_bounds,
+    shard_top,
     with_leaves,
 )
 from jaxplain.errors import InputError
@@ -146,15 +148,17 @@ def test_sharded_scann_recall_against_exact_search(clustered_shards):
     np.testing.assert_allclose(scores, (q @ db.T)[np.arange(len(q))[:, None], ids], atol=1e-5)
 
 
+@pytest.mark.parametrize("top", [None, 3])
 @pytest.mark.parametrize("target", [0.8, 0.9, 0.95])
-def test_calibrated_leaves_are_the_fewest_that_reach_the_target(clustered_shards, target):
+def test_calibrated_leaves_are_the_fewest_that_reach_the_target(clustered_shards, target, top):
     db, _, _, sharded = clustered_shards
     shard, rows = sharded.indexes[1], db[sharded.bounds[1] : sharded.bounds[2]]
-    cal = calibrate_leaves(shard, rows, 10, target, sample=300, seed=3)
+    cal = calibrate_leaves(shard, rows, 10, target, sample=300, seed=3, top=top)
     assert isinstance(cal, Calibration) and cal.reached and 1 <= cal.leaves <= shard.params.num_leaves
-    # measured afresh, with the searcher set to those leaves, on the same sample
+    # measured afresh, with the searcher set to those leaves, on the same sample: the share of each query's
+    # exact `top` nearest rows among the 10 found
     q = calibration_queries(rows, 300, seed=3)
-    truth = ExactIndex(rows).search(q, 10)[0]
+    truth = ExactIndex(rows).search(q, top or 10)[0]
 
     def measured(leaves):
         return recall_at_k(with_leaves(shard, leaves).search(q, 10)[0], truth)
@@ -164,6 +168,10 @@ def test_calibrated_leaves_are_the_fewest_that_reach_the_target(clustered_shards
         assert measured(cal.leaves - 1) < target
     assert dict(cal.curve)[cal.leaves] == cal.recall
     assert [r for _, r in cal.curve] == sorted(r for _, r in cal.curve)  # measured points rise with leaves
+    if top:  # a query's nearest few are found with fewer leaves than its whole top-10
+        assert cal.leaves <= calibrate_leaves(shard, rows, 10, target, sample=300, seed=3).leaves
+    with pytest.raises(InputError, match=r"top must be an integer in \[1, k = 10\], got 11"):
+        calibrate_leaves(shard, rows, 10, target, top=11)
 
 
 def test_with_leaves_changes_the_search_and_not_the_searcher(clustered_shards):
@@ -193,6 +201,12 @@ def test_sharded_build_calibrates_every_scann_shard(clustered_shards):
     for s, ix in enumerate(sharded.indexes):
         rows = db[sharded.bounds[s] : sharded.bounds[s + 1]]
         cal = calibrate_leaves(ix, rows, 10, 0.9, sample=200, seed=s)
+        assert ix.params.num_leaves_to_search == cal.leaves
+    shared = build_sharded_index(db, 2, "scann", dataclasses.replace(target, share=True))
+    for s, ix in enumerate(shared.indexes):
+        rows = db[shared.bounds[s] : shared.bounds[s + 1]]
+        assert shard_top(10, len(rows), len(db)) == 5
+        cal = calibrate_leaves(ix, rows, 10, 0.9, sample=200, seed=s, top=5)
         assert ix.params.num_leaves_to_search == cal.leaves
     index, cal = build_calibrated(db[:6000], target)
     assert index.params.num_leaves_to_search == cal.leaves and cal.recall >= 0.9

@@ -308,6 +308,7 @@ def calibrate_leaves(
     sample: int = CALIBRATION_SAMPLE,
     seed: int = 0,
     queries: np.ndarray | None = None,
+    top: int | None = None,
 ) -> Calibration:
     """The fewest ``num_leaves_to_search`` for which recall@k against exact search reaches ``target_recall``.
 
@@ -318,6 +319,10 @@ def calibrate_leaves(
       target_recall: in ``(0, 1]``.
       sample, seed: the size and seed of the :func:`calibration_queries` sample.
       queries: ``[Q, E]`` queries to measure on instead of that sample (e.g. real solver targets).
+      top: measure the share of each query's exact ``top ≤ k`` nearest rows among the ``k`` found (default
+        ``k``: recall@k). A shard of a bank in random row order holds about ``k · n_s / N`` of a query's global
+        top-k, its own nearest: ``top`` near that makes the shard's recall that of its part of the merged
+        answer, where ``top = k`` asks each shard for far more (its rows the merge drops).
 
     Leaves are tried 1, 2, 4, … until one reaches the target, then bisected: the answer reaches the target
     and one leaf fewer does not (recall need not be exactly monotone in the leaves, so a smaller count
@@ -329,8 +334,11 @@ def calibrate_leaves(
     if not 0 < target_recall <= 1:
         raise InputError(f"target_recall must be in (0, 1], got {target_recall!r}")
     k = _check_k(k, index.size)
+    top = k if top is None else top
+    if int(top) != top or not 1 <= top <= k:
+        raise InputError(f"top must be an integer in [1, k = {k}], got {top!r}")
     q = calibration_queries(x, sample, seed) if queries is None else _check_queries(queries, index.dim)
-    truth, _ = ExactIndex(x).search(q, k)
+    truth, _ = ExactIndex(x).search(q, int(top))
     curve: dict[int, float] = {}
 
     def measure(leaves: int) -> float:
@@ -358,12 +366,19 @@ def calibrate_leaves(
 
 @dataclasses.dataclass(frozen=True)
 class RecallTarget:
-    """Per-shard leaves chosen by :func:`calibrate_leaves`: recall@``k`` ≥ ``recall`` on ``sample`` queries."""
+    """Per-shard leaves chosen by :func:`calibrate_leaves`: recall ≥ ``recall`` for ``k`` neighbours on
+    ``sample`` queries.
+
+    ``share=False``: each shard's recall@k of its own top-k (safe whatever the row order). ``share=True``:
+    each shard's recall of its own top ``⌈k · n_s / N⌉`` among its ``k`` found, what the shard gives the merged
+    top-k when the bank's rows are in random order (far fewer leaves; a bank sorted by class is not).
+    """
 
     recall: float
     k: int
     sample: int = CALIBRATION_SAMPLE
     seed: int = 0
+    share: bool = False
 
 
 def build_calibrated(
@@ -376,6 +391,11 @@ def build_calibrated(
     return with_leaves(index, cal.leaves), cal
 
 
+def shard_top(k: int, shard_size: int, size: int) -> int:
+    """``⌈k · n_s / N⌉`` (at least 1, at most ``min(k, n_s)``): a shard's expected part of a global top-k."""
+    return max(1, min(k, shard_size, -(-k * shard_size // size)))
+
+
 def build_sharded_index(
     embeddings: np.ndarray,
     num_shards: int,
@@ -385,7 +405,8 @@ def build_sharded_index(
     """A :class:`ShardedIndex` over ``[N, E]`` cut into ``num_shards`` near-equal consecutive shards.
 
     Each shard gets :func:`~jaxplain.counterfactual.index.build_index` with ``backend`` (parameters from its own
-    size); with ``target``, each ScaNN shard's leaves to search are calibrated to it instead.
+    size); with ``target``, each ScaNN shard's leaves to search are calibrated to it instead (all its leaves
+    where the target is out of reach: recall at all leaves is capped by the re-ordered candidates).
     """
     x = _check_embeddings(embeddings)
     bounds = shard_bounds(len(x), num_shards)
@@ -394,7 +415,8 @@ def build_sharded_index(
         rows = x[bounds[s] : bounds[s + 1]]
         ix = build_index(rows, backend)
         if target is not None and isinstance(ix, ScannIndex) and ix.params.num_leaves:
-            cal = calibrate_leaves(ix, rows, target.k, target.recall, target.sample, target.seed + s)
+            top = shard_top(target.k, len(rows), len(x)) if target.share else None
+            cal = calibrate_leaves(ix, rows, target.k, target.recall, target.sample, target.seed + s, top=top)
             ix = with_leaves(ix, cal.leaves)
         indexes.append(ix)
     return ShardedIndex(indexes, bounds[:-1])
