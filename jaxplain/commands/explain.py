@@ -57,6 +57,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--want", help="the wanted outcome of the lines that give none (e.g. other-class)")
     p.add_argument("--classes", help="comma-separated class names for the lines that give none")
     p.add_argument(
+        "--bank-sharding",
+        choices=["replicated", "hosts"],
+        default="replicated",
+        help="replicated (default): every process loads the whole bank and answers its own pairs alone; hosts: "
+        "the shards of a sharded bank are split across the processes, each searches and verifies its rows for "
+        "every process's pairs, and the answers are merged exactly",
+    )
+    p.add_argument(
         "--distributed",
         action="store_true",
         help="join a multi-process job (jax.distributed.initialize: a cluster's settings are detected, or set "
@@ -231,8 +239,14 @@ def run(args: argparse.Namespace) -> int:
     if args.chunk < 1:
         raise InputError(f"--chunk must be at least 1, got {args.chunk}")
     model = load(args.model)
-    banks = {"image": Bank.load(args.bank, model=model)}
-    banks["text"] = Bank.load(args.text_bank, model=model) if args.text_bank else banks["image"]
+    if args.bank_sharding == "hosts":
+        from jaxplain.counterfactual.hosts import HostShardedBank
+
+        open_bank = HostShardedBank
+    else:
+        open_bank = Bank.load
+    banks = {"image": open_bank(args.bank, model=model)}
+    banks["text"] = open_bank(args.text_bank, model=model) if args.text_bank else banks["image"]
     pairs_path = Path(args.pairs)
     try:
         offsets, n_lines, digest = line_offsets(pairs_path, args.chunk)
@@ -275,8 +289,11 @@ def run(args: argparse.Namespace) -> int:
                     bar.write(f"jaxplain: {r['error']}", file=sys.stderr)
             job.write(j, records, _summary(records))
             bar.update(sizes[j])
+    for bank in {id(b): b for b in banks.values()}.values():
+        if hasattr(bank, "close"):
+            bank.close()  # serve the other processes' searches until they are done too
     distributed.barrier("explain")
-    counts = job.summary(mine if distributed.process_count() > 1 else None)
+    counts = job.summary()  # every part is done once every process has passed the barrier: the whole job
     manifest = job.finish() if distributed.process_index() == 0 else None
     where = job_path
     if single and manifest is not None:

@@ -124,6 +124,24 @@ class Bank:
         """
         return self.index.search(queries, k)
 
+    def verify(self, candidates, u0, goal, anchor, classes, scale, top: int):
+        """:func:`~jaxplain.counterfactual.verify.verify` of candidate rows ``[N, K]`` against this bank."""
+        from jaxplain.counterfactual.verify import verify
+
+        return verify(candidates, self.device_embeddings, u0, goal, anchor, classes, scale, top)
+
+    def exhaustive(self, u0, goal, anchor, classes, scale, top: int):
+        """:func:`~jaxplain.counterfactual.verify.exhaustive`: every item of this bank verified for ``N`` pairs."""
+        from jaxplain.counterfactual.verify import exhaustive
+
+        return exhaustive(self.device_embeddings, u0, goal, anchor, classes, scale, top)
+
+    def levels(self, queries: np.ndarray, ks) -> np.ndarray:
+        """:func:`~jaxplain.objectives.retrieval_levels`: the similarity level of each query's top-k in this bank."""
+        from jaxplain.objectives import retrieval_levels
+
+        return retrieval_levels(queries, self.embeddings, ks)
+
     @functools.cached_property
     def digest(self) -> str:
         """A checksum of the embeddings' bytes: banks with equal digests hold the same vectors in the same order."""

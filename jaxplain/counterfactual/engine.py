@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxplain.batching import map_blocks, to_bucket
 from jaxplain.counterfactual.solver import SolverConfig, solve_targets
-from jaxplain.counterfactual.verify import Verified, exhaustive, verify
+from jaxplain.counterfactual.verify import Verified
 from jaxplain.errors import InputError
 from jaxplain.models.bundle import Model
 from jaxplain.objectives import (
@@ -33,7 +33,6 @@ from jaxplain.objectives import (
     Want,
     margin,
     reported_score,
-    retrieval_levels,
     scores,
 )
 from jaxplain.zeroshot import DEFAULT_TEMPLATES, class_embeddings
@@ -196,7 +195,7 @@ def build_problem(
     ranked = [i for i, w in enumerate(wants) if w.kind in ("top", "not-top")]
     if ranked and txt is None:
         raise InputError(f"pair {ranked[0]}: {wants[ranked[0]]} ranks the image for the pair's text; give texts")
-    levels = dict(zip(ranked, retrieval_levels(anchor[ranked], bank.embeddings, [int(wants[i].value) for i in ranked])))
+    levels = dict(zip(ranked, bank.levels(anchor[ranked], [int(wants[i].value) for i in ranked]) if ranked else []))
     rows = []
     for i, w in enumerate(wants):
         if w.kind in ("top", "not-top"):
@@ -247,9 +246,7 @@ def _verify_chunked(cand: np.ndarray, bank, problem: Problem, rows: np.ndarray, 
     def check(block):
         c, r = block
         goal = Goal(*(g[r] for g in problem.goal))
-        return verify(
-            c, bank.device_embeddings, problem.u0[r], goal, problem.anchor[r], problem.classes, problem.scale, top
-        )
+        return bank.verify(c, problem.u0[r], goal, problem.anchor[r], problem.classes, problem.scale, top)
 
     return map_blocks(check, (cand, rows), len(rows), PAIR_CHUNK)
 
@@ -270,7 +267,7 @@ def _retrieve_and_verify(
     timings["retrieve"] = timings["verify"] = 0.0
     rows = np.arange(n)
     ver = None
-    for round_k in [k] + [min(len(bank.embeddings), k * 8**r) for r in range(1, escalate + 1)]:
+    for round_k in [k] + [min(bank.size, k * 8**r) for r in range(1, escalate + 1)]:
         t = time.perf_counter()
         ids, _ = bank.search(queries[rows].reshape(len(rows) * d, -1), round_k)
         cand = np.asarray(ids, np.int32).reshape(len(rows), d * ids.shape[1])
@@ -285,7 +282,7 @@ def _retrieve_and_verify(
                 field[rows] = new
         # Pairs with no valid candidate are retried with more neighbours.
         rows = rows[~got.valid[:, 0]]
-        if not len(rows) or round_k >= len(bank.embeddings):
+        if not len(rows) or round_k >= bank.size:
             break
     return ver
 
@@ -350,8 +347,8 @@ def counterfactuals(
     rescue = search == "auto"
     exhaustive_budget, rescue_budget = search_budgets()
     if search == "auto":
-        search = "exhaustive" if n * len(bank.embeddings) <= exhaustive_budget else "index"
-    top = min(top, len(bank.embeddings) - 1)
+        search = "exhaustive" if n * bank.size <= exhaustive_budget else "index"
+    top = min(top, bank.size - 1)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     problem = build_problem(model, side, images, texts, wants, bank, classes, templates)
@@ -359,12 +356,10 @@ def counterfactuals(
     m0, s0, pred0 = _original(problem)
     if search == "exhaustive":
         t = time.perf_counter()
-        ver = exhaustive(
-            bank.device_embeddings, problem.u0, problem.goal, problem.anchor, problem.classes, problem.scale, top
-        )
+        ver = bank.exhaustive(problem.u0, problem.goal, problem.anchor, problem.classes, problem.scale, top)
         timings["verify"] = time.perf_counter() - t
     else:
-        ver = _retrieve_and_verify(problem, bank, min(k, len(bank.embeddings)), top, solver, escalate, timings)
+        ver = _retrieve_and_verify(problem, bank, min(k, bank.size), top, solver, escalate, timings)
     rescued = np.zeros(0, np.int64)
     if rescue and search == "index":
         rescued = _exhaustive_rest(problem, bank, ver, m0, top, rescue_budget, timings)
@@ -385,11 +380,10 @@ def _exhaustive_rest(
     (lowering a similarity: the items below the level sit in other clusters). Returns the rows rescued.
     """
     rest = np.flatnonzero(~ver.valid[:, 0] & (m0 <= 0))
-    if not len(rest) or len(rest) * len(bank.embeddings) > budget:
+    if not len(rest) or len(rest) * bank.size > budget:
         return np.zeros(0, np.int64)
     t = time.perf_counter()
-    got = exhaustive(
-        bank.device_embeddings,
+    got = bank.exhaustive(
         problem.u0[rest],
         Goal(*(g[rest] for g in problem.goal)),
         problem.anchor[rest],
