@@ -30,9 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, PartitionSpec
 
-from jaxplain.batching import map_blocks, to_bucket
+from jaxplain.batching import bucket, map_blocks, to_bucket
 from jaxplain.objectives import PROB_ABOVE, SIM_BELOW, Goal, margin, scores
+from jaxplain.sharding import DATA, local_blocks, local_rows, replicate, shard_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +149,16 @@ def _solve(u0, goal, anchor, classes, scale, config: SolverConfig) -> Targets:
     return Targets(*per_pair(u0, goal, anchor, classes, scale, depths, config))
 
 
+@functools.partial(jax.jit, static_argnames=("config", "mesh", "axis"))
+def _solve_sharded(u0, goal, anchor, classes, scale, config: SolverConfig, mesh: Mesh, axis: str) -> Targets:
+    rows, whole = PartitionSpec(axis), PartitionSpec()
+    local = functools.partial(_solve, config=config)
+    specs = (rows, rows, rows, whole, whole)
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=rows, check_vma=False)(
+        u0, goal, anchor, classes, scale
+    )
+
+
 # Pairs solved per call on a CPU: a larger batch is solved in blocks of this many, one compiled shape,
 # dispatched one after another. One call over all pairs slows down faster than the batch grows once its
 # state leaves the caches: for pairs wanting another class (4 depths, E = 128, 2-core CPU), 1,024 pairs took
@@ -162,6 +174,8 @@ def solve_targets(
     classes: np.ndarray,
     scale: float,
     config: SolverConfig = SolverConfig(),
+    mesh: Mesh | None = None,
+    axis: str = DATA,
 ) -> Targets:
     """Target embeddings for N pairs at once.
 
@@ -173,15 +187,36 @@ def solve_targets(
       classes: ``[C, E]`` prompt-ensembled class embeddings shared by the batch (``[1, E]`` if unused).
       scale: the model's temperature ``s``.
       config: solver settings (static: one compilation per config and bucket).
+      mesh: split the pairs over this mesh's ``axis`` (the classes on every device); None: the default
+        device. Each of the ``L`` devices solves ``bucket(⌈N / L⌉)`` pairs (edge-padded). Converged targets
+        equal the single-device ones; an unconverged target may differ by ~1e-3 (the batch shape changes
+        its float rounding, which its steps then amplify). In a multi-process job each process passes its
+        own ``N`` pairs (the same ``N`` everywhere: pad to a common bucket) and gets their targets.
 
     Returns:
       :class:`Targets` with ``N`` rows.
 
-    On a CPU, more than :data:`CPU_SOLVE_BLOCK` pairs are solved in blocks of that many.
+    On a CPU, more than :data:`CPU_SOLVE_BLOCK` pairs (per device, with a mesh) are solved in blocks of
+    that many.
     """
     n = len(u0)
     if n == 0:
         raise ValueError("no pairs to solve")
+    cpu = jax.default_backend() == "cpu"
+    arrays = (np.asarray(u0, np.float32), Goal(*(np.asarray(g) for g in goal)), np.asarray(anchor, np.float32))
+    if mesh is not None:
+        devices = local_blocks(mesh, axis)
+        classes, scale = replicate((np.asarray(classes, np.float32), np.float32(scale)), mesh)
+
+        def solve_sharded(block):
+            rows = len(block[0])
+            padded = devices * bucket(-(-rows // devices))
+            u0_b, goal_b, anchor_b = shard_rows(block, mesh, axis, padded).arrays
+            out = _solve_sharded(u0_b, Goal(*goal_b), anchor_b, classes, scale, config, mesh, axis)
+            return Targets(*(local_rows(x)[:rows] for x in out))
+
+        return map_blocks(solve_sharded, arrays, n, CPU_SOLVE_BLOCK * devices if cpu else n)
+
     classes, scale = jnp.asarray(classes, jnp.float32), jnp.float32(scale)
 
     def solve(block):
@@ -190,5 +225,4 @@ def solve_targets(
         out = _solve(*to_bucket((u0_b, goal_b, anchor_b), rows), classes, scale, config)
         return Targets(*(x[:rows] for x in out))  # sliced on the device: the blocks run without waiting
 
-    arrays = (np.asarray(u0, np.float32), Goal(*(np.asarray(g) for g in goal)), np.asarray(anchor, np.float32))
-    return map_blocks(solve, arrays, n, CPU_SOLVE_BLOCK if jax.default_backend() == "cpu" else n)
+    return map_blocks(solve, arrays, n, CPU_SOLVE_BLOCK if cpu else n)

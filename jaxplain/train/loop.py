@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxplain.models import clip
 from jaxplain.models.config import ClipConfig
+from jaxplain.sharding import DATA, make_mesh
 from jaxplain.train.checkpoint import TrainState, latest_checkpoint, restore_state, save_state
 from jaxplain.train.loss import MAX_LOGIT_SCALE, loss_fn
 
@@ -91,8 +92,8 @@ def init_state(model_config: ClipConfig, config: TrainConfig) -> TrainState:
 
 
 def data_mesh() -> Mesh:
-    """A one-axis mesh ``("data",)`` over all devices."""
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    """A one-axis mesh ``("data",)`` over all devices (:func:`jaxplain.sharding.make_mesh`)."""
+    return make_mesh(DATA)
 
 
 def make_train_step(
