@@ -14,7 +14,7 @@ from jaxplain.cli import main
 from jaxplain.counterfactual.bank import build_bank
 from jaxplain.data import fashion_mnist
 from jaxplain.errors import InputError
-from jaxplain.jobs import JobDir, line_offsets, part_name, parts_for_process, read_jsonl_parts, read_line_chunk
+from jaxplain.jobs import JobDir, part_name, parts_for_process, read_jsonl_parts
 from tests.conftest import TINY
 
 CLASSES = ["shirt", "trousers", "bag", "sandal"]
@@ -26,19 +26,6 @@ def test_part_names_and_round_robin():
     split = [parts_for_process(10, i, 3) for i in range(3)]
     assert split == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
     assert sorted(i for part in split for i in part) == list(range(10))
-
-
-def test_line_offsets_split_on_newlines_only(tmp_path):
-    path = tmp_path / "pairs.jsonl"
-    lines = ["\ufeffa", "b\u2028still b", "c\x0cstill c", "", "e", "f"]  # BOM, line separator, form feed
-    path.write_bytes("\n".join(lines).encode())  # no newline after the last line
-    offsets, n, digest = line_offsets(path, 2)
-    assert n == 6 and offsets == [0, 17, 17 + len(b"c\x0cstill c\n\n")]
-    chunks = [read_line_chunk(path, o, 2) for o in offsets]
-    assert [x.decode() for c in chunks for x in c] == ["a", *lines[1:]]
-    assert line_offsets(path, 2)[2] == digest
-    path.write_bytes(b"x\n")
-    assert line_offsets(path, 1)[:2] == ([0], 1)
 
 
 def test_job_dir_writes_skips_and_refuses(tmp_path):

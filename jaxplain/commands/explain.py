@@ -100,22 +100,20 @@ def _resolve_image(ref: Any, base: Path, shipped) -> Any:
     return path if path.is_absolute() else base / path
 
 
-def _parse_line(text: str, n: int, base: Path, model, shipped, defaults: dict | None = None) -> dict:
-    """One valid pair, decoded and checked; any problem raises InputError naming the line."""
+def _parse_pair(rec: dict, where: str, base: Path, model, shipped, defaults: dict, strict: bool) -> dict:
+    """One valid pair, decoded and checked; any problem raises InputError naming ``where``.
+
+    ``strict``: unknown fields are an error (JSON lines); the metadata of tar samples and parquet rows
+    carries fields of its own (url, width, ...), which are ignored.
+    """
     from jaxplain.objectives import Want
     from jaxplain.zeroshot import DEFAULT_TEMPLATES, prompts
 
-    where = f"line {n}"
-    try:
-        rec = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(rec, dict):
-        raise InputError(f"{where}: expected a JSON object")
     unknown = sorted(set(rec) - FIELDS)
-    if unknown:
+    if unknown and strict:
         raise InputError(f"{where}: unknown field(s) {', '.join(unknown)}; the fields are {', '.join(sorted(FIELDS))}")
-    for key, value in (defaults or {}).items():
+    rec = {k: v for k, v in rec.items() if k in FIELDS}
+    for key, value in defaults.items():
         if value is not None and key not in rec:
             rec[key] = value
     try:
@@ -127,8 +125,12 @@ def _parse_line(text: str, n: int, base: Path, model, shipped, defaults: dict | 
             raise InputError(f"'side' must be 'image' or 'text', got {side!r}")
         if "image" not in rec:
             raise InputError("no 'image'")
-        image = _resolve_image(rec["image"], base, shipped)
-        pixels = model.processing.pixels(image, str(rec["image"]))
+        ref = rec["image"]
+        if isinstance(ref, (bytes, Path)):
+            image, name = ref, where
+        else:
+            image, name = _resolve_image(ref, base, shipped), str(ref)
+        pixels = model.processing.pixels(image, name)
         classes = rec.get("classes")
         templates = rec.get("templates", list(DEFAULT_TEMPLATES))
         if want.needs_classes:
@@ -147,7 +149,6 @@ def _parse_line(text: str, n: int, base: Path, model, shipped, defaults: dict | 
     except InputError as e:
         raise InputError(f"{where}: {e}") from None
     return {
-        "line": n,
         "id": rec.get("id"),
         "side": side,
         "want": want,
@@ -158,42 +159,55 @@ def _parse_line(text: str, n: int, base: Path, model, shipped, defaults: dict | 
     }
 
 
-def explain_lines(lines: list[bytes], first: int, context: dict) -> list[dict]:
-    """Explain a chunk of pairs lines (line numbers from ``first``): one record per line, in order.
+def _label(record, shard) -> tuple[dict, str]:
+    """The fields that place a result (``line`` and ``pair`` for JSON lines; ``where``, ``key`` and
+    ``pair``, the row in its shard, otherwise) and the prefix of its messages."""
+    if shard.kind == "jsonl":
+        n = shard.first_row + record.row + 1
+        return {"line": n, "pair": n - 1}, f"line {n}"
+    return {"where": record.where, "key": record.key, "pair": record.row}, record.where
 
-    A bad line becomes an ``"error"`` record naming it; the good lines are grouped by side, classes and
+
+def explain_shard(shard, context: dict) -> list[dict]:
+    """Explain one input shard: one result per record, in order.
+
+    A bad record becomes an ``"error"`` result naming it; the good ones are grouped by side, classes and
     templates, and each group is explained by one batched call of the engine.
     """
     from jaxplain.counterfactual.engine import counterfactuals
+    from jaxplain.data.sources import read_shard
 
-    results: list[dict | None] = [None] * len(lines)
-    good: list[dict] = []
-    for n, raw in enumerate(lines, start=first):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            results[n - first] = {"line": n, "status": "error", "error": f"line {n}: not UTF-8 (byte {e.start + 1})"}
-            continue
-        if not text.strip():
-            results[n - first] = {"line": n, "status": "empty"}
-            continue
-        try:
-            good.append(
-                _parse_line(text, n, context["base"], context["model"], context["shipped"], context["defaults"])
-            )
-        except InputError as e:
-            results[n - first] = {"line": n, "status": "error", "error": str(e)}
-    groups: dict[tuple, list[dict]] = {}
-    for p in good:
-        groups.setdefault((p["side"], p["classes"], p["templates"]), []).append(p)
+    results: list[dict] = []
+    good: list[tuple[int, dict]] = []
+    for record in read_shard(shard):
+        label, where = _label(record, shard)
+        if record.error is not None:
+            results.append({**label, "status": "error", "error": f"{where}: {record.error}"})
+        elif record.blank:
+            results.append({**label, "status": "empty"})
+        else:
+            rec = dict(record.fields)
+            if shard.kind != "jsonl":
+                rec.update({k: v for k, v in (("image", record.image), ("text", record.text)) if v is not None})
+            try:
+                pair = _parse_pair(rec, where, context["base"], context["model"], context["shipped"],
+                                   context["defaults"], strict=shard.kind == "jsonl")  # fmt: skip
+                good.append((len(results), {**pair, "label": label, "where": where}))
+                results.append({})
+            except InputError as e:
+                results.append({**label, "status": "error", "error": str(e)})
+    groups: dict[tuple, list[tuple[int, dict]]] = {}
+    for slot, p in good:
+        groups.setdefault((p["side"], p["classes"], p["templates"]), []).append((slot, p))
     args = context["args"]
     for (side, classes, templates), members in groups.items():
+        pairs = [p for _, p in members]
         try:
             res = counterfactuals(
                 context["model"],
-                np.stack([p["pixels"] for p in members]),
-                [p["text"] for p in members] if all(p["text"] for p in members) else None,
-                want=[p["want"] for p in members],
+                np.stack([p["pixels"] for p in pairs]),
+                [p["text"] for p in pairs] if all(p["text"] for p in pairs) else None,
+                want=[p["want"] for p in pairs],
                 bank=context["banks"][side],
                 side=side,
                 classes=list(classes) if classes else None,
@@ -203,12 +217,14 @@ def explain_lines(lines: list[bytes], first: int, context: dict) -> list[dict]:
                 search=args.search,
             )
         except JaxplainError as e:
-            for p in members:
-                results[p["line"] - first] = {"line": p["line"], "status": "error", "error": f"line {p['line']}: {e}"}
+            for slot, p in members:
+                results[slot] = {**p["label"], "status": "error", "error": f"{p['where']}: {e}"}
             continue
-        for p, r in zip(members, res.pairs):
-            results[p["line"] - first] = {"line": p["line"], "id": p["id"], **r.to_record(), "pair": p["line"] - 1}
-    return [r for r in results if r is not None]
+        for (slot, p), r in zip(members, res.pairs):
+            label = p["label"]
+            results[slot] = {**{k: v for k, v in label.items() if k != "pair"}, "id": p["id"], **r.to_record()}
+            results[slot]["pair"] = label["pair"]
+    return results
 
 
 def _summary(records: list[dict]) -> dict[str, int]:
@@ -230,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     from jaxplain.commands.common import progress
     from jaxplain.counterfactual.bank import Bank
     from jaxplain.data import fashion_mnist
-    from jaxplain.jobs import JobDir, line_offsets, parts_for_process, read_line_chunk
+    from jaxplain.jobs import JobDir, parts_for_process
     from jaxplain.models import load
 
     start = time.perf_counter()
@@ -247,13 +263,12 @@ def run(args: argparse.Namespace) -> int:
         open_bank = Bank.load
     banks = {"image": open_bank(args.bank, model=model)}
     banks["text"] = open_bank(args.text_bank, model=model) if args.text_bank else banks["image"]
+    from jaxplain.data.sources import SourceConfig, list_shards
+
     pairs_path = Path(args.pairs)
-    try:
-        offsets, n_lines, digest = line_offsets(pairs_path, args.chunk)
-    except OSError as e:
-        raise InputError(f"{pairs_path}: cannot read pairs from it ({e.strerror or e})") from None
-    if not n_lines:
-        raise InputError(f"{pairs_path}: no pairs (the file is empty)")
+    shards = list_shards(args.pairs, config=SourceConfig(chunk=args.chunk))
+    if not shards or all(s.size == 0 for s in shards):
+        raise InputError(f"{args.pairs}: no pairs (empty)")
     cache: dict[str, np.ndarray] = {}
 
     def shipped():
@@ -266,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
         "command": "explain",
         "model": {"name": model.name, "fingerprint": model.fingerprint},
         "bank": {kind: banks[kind].identity() for kind in ("image", "text")},
-        "pairs": {"path": str(pairs_path.resolve()), "lines": n_lines, "blake2b": digest},
+        "pairs": _input_identity(shards),
         "options": {"k": args.k, "top": args.top, "search": args.search, "chunk": args.chunk, **defaults},
     }
     out = Path(args.out)
@@ -274,21 +289,25 @@ def run(args: argparse.Namespace) -> int:
     job_path = out.with_name(f".{out.name}.parts") if single else out
     if single and job_path.exists():
         _drop_if_other_job(job_path, config)
-    job = JobDir(job_path, config, len(offsets))
+    job = JobDir(job_path, config, len(shards))
     mine = parts_for_process(job.total, distributed.process_index(), distributed.process_count())
     todo = job.pending(mine)
     context = {"base": pairs_path.parent, "model": model, "shipped": shipped, "banks": banks, "args": args}
     context["defaults"] = defaults
-    sizes = {j: min(args.chunk, n_lines - j * args.chunk) for j in mine}
-    with progress(sum(sizes.values()), "explaining pairs", "pair") as bar:
-        bar.update(sum(sizes[j] for j in mine if j not in todo))
+    # A tar's count of samples is known once read: the bar counts its pairs as they come, without a total.
+    sizes = {j: shards[j].size for j in mine}
+    known = None if any(v is None for v in sizes.values()) else sum(sizes.values())
+    done_pairs = 0
+    with progress(known, "explaining pairs", "pair") as bar:
+        bar.update(sum(sizes[j] or 0 for j in mine if j not in todo))
         for j in todo:
-            records = explain_lines(read_line_chunk(pairs_path, offsets[j], args.chunk), j * args.chunk + 1, context)
+            records = explain_shard(shards[j], context)
             for r in records:
                 if r["status"] == "error":
                     bar.write(f"jaxplain: {r['error']}", file=sys.stderr)
             job.write(j, records, _summary(records))
-            bar.update(sizes[j])
+            bar.update(len(records))
+            done_pairs += len(records)
     for bank in {id(b): b for b in banks.values()}.values():
         if hasattr(bank, "close"):
             bank.close()  # serve the other processes' searches until they are done too
@@ -301,13 +320,35 @@ def run(args: argparse.Namespace) -> int:
         where = out
     paths = ", ".join(f"{_plural(v, 'pair')} by {k[7:]}" for k, v in sorted(counts.items()) if k.startswith("search:"))
     print(
-        f"explained {_plural(sum(sizes.values()), 'pair')} ({len(todo)} of {_plural(len(mine), 'part')} this run) in "
+        f"explained {_plural(done_pairs, 'pair')} ({len(todo)} of {_plural(len(mine), 'part')} this run) in "
         f"{time.perf_counter() - start:.1f} s: {counts.get('found', 0):,} found, {counts.get('not_found', 0):,} not "
         f"found, {counts.get('already', 0):,} already holding, {_plural(counts.get('error', 0), 'bad line')}"
         f"{'; search: ' + paths if paths else ''} → {where}",
         file=sys.stderr,
     )
     return EXIT_BAD_ITEMS if counts.get("error") else EXIT_OK
+
+
+def _input_identity(shards) -> dict:
+    """What a job records of its input: a checksum of each JSON-lines file (small, and edited by hand), the
+    size and modification time of each tar and parquet file (large: read once, by the job itself)."""
+    from jaxplain.jobs import file_digest
+
+    files = {}
+    for shard in shards:
+        if shard.path and shard.path not in files:
+            st = os.stat(shard.path)
+            ident = {"bytes": st.st_size}
+            ident.update(
+                {"blake2b": file_digest(shard.path)} if shard.kind == "jsonl" else {"mtime_ns": st.st_mtime_ns}
+            )
+            files[shard.path] = ident
+        elif not shard.path:
+            files.setdefault("images", []).extend(shard.items)
+    return {
+        "shards": len(shards),
+        "files": {str(Path(k).resolve()) if k != "images" else k: v for k, v in files.items()},
+    }
 
 
 def _split_names(text: str | None) -> list[str] | None:
