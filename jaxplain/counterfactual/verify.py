@@ -203,11 +203,11 @@ def verify(
     b = _block_pairs(nb, k, block_rows)
     devices = local_blocks(mesh, axis)
     rows = devices * b * -(-nb // (b * devices))
-    pairs = (np.asarray(candidates, np.int32), np.asarray(u0, np.float32), Goal(*goal), np.asarray(anchor), exclude)
-    pairs = jax.tree.map(np.asarray, pairs)
+    u0, anchor = np.asarray(u0, np.float32), np.asarray(anchor, np.float32)
+    pairs = jax.tree.map(np.asarray, (np.asarray(candidates, np.int32), u0, Goal(*goal), anchor, exclude))
     cand, u0_, goal_, anchor_, excl_ = shard_rows(pairs, mesh, axis, rows).arrays
     bank_, classes_, scale_ = replicate((bank, np.asarray(classes, np.float32), np.float32(scale)), mesh)
-    args = (cand, bank_, u0_, Goal(*goal_), anchor_.astype(jnp.float32), classes_, scale_, excl_)
+    args = (cand, bank_, u0_, Goal(*goal_), anchor_, classes_, scale_, excl_)
     out = _verify_sharded(*args, top=top, b=b, mesh=mesh, axis=axis)
     return Verified(*(local_rows(x)[:n] for x in out))
 
