@@ -4,7 +4,8 @@ streams of items that are prepared one by one, so a bad item is reported instead
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -88,6 +89,77 @@ def progress(total: int, desc: str, unit: str, show: bool = True):
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, disable=not show)
 
 
+class EncodedBatch(NamedTuple):
+    """One batch of :func:`encode_batches`: ``embeddings [B, E]`` of the ``B`` good ``items`` (in input order),
+    and the ``{"item", "error"}`` records of the bad items met since the previous batch."""
+
+    embeddings: np.ndarray | None
+    items: list[Any]
+    errors: list[dict]
+
+
+class _Raised(NamedTuple):
+    """An exception other than :class:`InputError` raised by ``prepare`` in a worker, to be re-raised by the
+    consumer: only bad input is reported and skipped, a bug still stops the job."""
+
+    exception: BaseException
+
+
+def encode_batches(
+    items: Iterable[Any],
+    prepare: Callable[[Any], np.ndarray],
+    name: Callable[[Any], str],
+    encode: Callable[[np.ndarray], np.ndarray],
+    batch_size: int,
+    workers: int | None = None,
+) -> Iterator[EncodedBatch]:
+    """Prepare items (catching bad ones) on a pool of threads while the good ones are encoded a batch at a time.
+
+    Args:
+      items: any iterable, pulled lazily; an item with an ``error`` attribute that is set (an error
+        :class:`~jaxplain.data.sources.Record`) is reported as it is.
+      prepare: item → model input (e.g. pixels ``[3, H, W]``); raises :class:`InputError` for a bad item.
+      name: item → the name errors report.
+      encode: stacked inputs ``[B, ...]`` → embeddings ``[B, E]``.
+      workers: threads preparing items (:func:`~jaxplain.data.decode.decode_parallel`; None: one per core,
+        0: in this thread). They prepare up to ``batch_size + workers`` items ahead, so the next batch is
+        being decoded while this one encodes (the device releases the GIL). The batches, and so the
+        embeddings, are the same for any ``workers``: every batch but the last holds ``batch_size`` items.
+
+    Yields:
+      :class:`EncodedBatch` es; the last one may hold no embeddings (None) and only errors.
+    """
+    from jaxplain.data.decode import decode_parallel, default_workers
+
+    if batch_size < 1:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    workers = default_workers() if workers is None else workers
+
+    def guarded(item):
+        try:
+            return prepare(item)
+        except InputError:
+            raise
+        except Exception as e:  # not bad input: re-raised in the consumer's thread
+            return _Raised(e)
+
+    pending, kept, errors = [], [], []
+    for d in decode_parallel(items, guarded, workers=workers, prefetch=batch_size + workers):
+        if isinstance(d.value, _Raised):
+            raise d.value.exception
+        if d.error is not None:
+            label = name(d.item)
+            errors.append({"item": label, "error": d.error.removeprefix(f"{label}: ")})
+            continue
+        pending.append(d.value)
+        kept.append(d.item)
+        if len(pending) == batch_size:
+            yield EncodedBatch(encode(np.stack(pending)), kept, errors)
+            pending, kept, errors = [], [], []
+    if pending or errors:
+        yield EncodedBatch(encode(np.stack(pending)) if pending else None, kept, errors)
+
+
 def encode_stream(
     n: int,
     prepare: Callable[[int], np.ndarray],
@@ -97,29 +169,28 @@ def encode_stream(
     desc: str,
     unit: str = "item",
     show: bool = True,
+    workers: int | None = None,
 ) -> tuple[np.ndarray | None, list[int], list[dict]]:
-    """Prepare items one by one (catching bad ones), encode the good ones a batch at a time.
+    """Prepare items (catching bad ones) and encode the good ones a batch at a time: :func:`encode_batches`
+    over the indices ``range(n)``, with a progress bar.
 
     Args:
       n: number of items.
       prepare: item index → model input (e.g. pixels ``[3, H, W]``); raises :class:`InputError` for a bad item.
       name: item index → the name errors report.
       encode: stacked inputs ``[B, ...]`` → embeddings ``[B, E]``.
+      workers: threads preparing items ahead of the encoder (see :func:`encode_batches`; 0: none).
 
     Returns:
       the embeddings ``[K, E]`` of the ``K`` good items (None if there were none), their indices,
       and one ``{"item", "error"}`` record per bad item.
     """
-    rows, kept, errors, pending = [], [], [], []
+    rows, kept, errors = [], [], []
     with progress(n, desc, unit, show) as bar:
-        for i in range(n):
-            try:
-                pending.append(prepare(i))
-                kept.append(i)
-            except InputError as e:
-                errors.append({"item": name(i), "error": str(e).removeprefix(f"{name(i)}: ")})
-            if pending and (len(pending) == batch_size or i == n - 1):
-                rows.append(encode(np.stack(pending)))
-                pending = []
-            bar.update(1)
+        for batch in encode_batches(range(n), prepare, name, encode, batch_size, workers):
+            if batch.embeddings is not None:
+                rows.append(batch.embeddings)
+            kept += batch.items
+            errors += batch.errors
+            bar.update(len(batch.items) + len(batch.errors))
     return (np.concatenate(rows) if rows else None), kept, errors

@@ -19,9 +19,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -124,17 +125,38 @@ class Bank:
         """
         return self.index.search(queries, k)
 
-    def verify(self, candidates, u0, goal, anchor, classes, scale, top: int):
-        """:func:`~jaxplain.counterfactual.verify.verify` of candidate rows ``[N, K]`` against this bank."""
+    def verify(self, candidates, u0, goal, anchor, classes, scale, top: int, mesh=None):
+        """:func:`~jaxplain.counterfactual.verify.verify` of candidate rows ``[N, K]`` against this bank; with
+        ``mesh`` (a ``"data"`` mesh) the pairs are split over its devices, the bank replicated on them once."""
         from jaxplain.counterfactual.verify import verify
 
-        return verify(candidates, self.device_embeddings, u0, goal, anchor, classes, scale, top)
+        if mesh is None:
+            return verify(candidates, self.device_embeddings, u0, goal, anchor, classes, scale, top)
+        bank = self._on(mesh, "replicated")
+        return verify(candidates, bank, u0, goal, anchor, classes, scale, top, mesh=mesh)
 
-    def exhaustive(self, u0, goal, anchor, classes, scale, top: int):
-        """:func:`~jaxplain.counterfactual.verify.exhaustive`: every item of this bank verified for ``N`` pairs."""
+    def exhaustive(self, u0, goal, anchor, classes, scale, top: int, mesh=None):
+        """:func:`~jaxplain.counterfactual.verify.exhaustive`: every item of this bank verified for ``N`` pairs;
+        with ``mesh``, the bank's rows are split over its devices (once) and the devices' bests merged."""
         from jaxplain.counterfactual.verify import exhaustive
 
-        return exhaustive(self.device_embeddings, u0, goal, anchor, classes, scale, top)
+        if mesh is None:
+            return exhaustive(self.device_embeddings, u0, goal, anchor, classes, scale, top)
+        return exhaustive(self._on(mesh, "rows"), u0, goal, anchor, classes, scale, top)
+
+    def _on(self, mesh, layout: str):
+        """The embeddings on ``mesh``'s devices, replicated or split by rows (for the oracle), made once."""
+        from jaxplain import sharding
+        from jaxplain.counterfactual.verify import shard_bank
+
+        cache = self.__dict__.setdefault("_placed", {})
+        if (mesh, layout) not in cache:
+            if layout == "replicated":
+                cache[mesh, layout] = sharding.replicate(self.embeddings, mesh)
+            else:
+                rows = sharding.make_mesh(sharding.BANK, devices=list(mesh.devices.flat))
+                cache[mesh, layout] = shard_bank(self.embeddings, rows)
+        return cache[mesh, layout]
 
     def levels(self, queries: np.ndarray, ks) -> np.ndarray:
         """:func:`~jaxplain.objectives.retrieval_levels`: the similarity level of each query's top-k in this bank."""
@@ -297,25 +319,140 @@ def _check_labels(labels: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
     return a.astype(np.int64)
 
 
+def record_item(record: Any, kind: str) -> str:
+    """What a bank lists for an item read from a shard: the image file where the record points to one (an
+    image folder, a parquet path column), else the caption for a text, else the record's ``where``
+    (``data/000003.tar: sample 000003017``, ``x.parquet: row 5``)."""
+    if kind == "text" and record.text is not None:
+        return record.text
+    if isinstance(record.image, Path):
+        return str(record.image)
+    return record.where
+
+
+def _checked_records(records: Iterable[Any], label_field: str | None) -> Iterator[Any]:
+    """The records, with a repeated key or a missing or non-integer ``label_field`` turned into an error
+    record naming it (so it is reported and skipped like an undecodable image)."""
+    seen: dict[str, str] = {}
+    for r in records:
+        if r.error is None and r.key in seen:
+            r = dataclasses.replace(r, error=f"its key {r.key!r} is also the key of {seen[r.key]}; keys must be unique")
+        elif r.error is None and label_field is not None:
+            value = r.fields.get(label_field)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                got = "no such field" if label_field not in r.fields else f"{type(value).__name__} {value!r}"
+                r = dataclasses.replace(r, error=f"its label field {label_field!r} is not an integer ({got})")
+        if r.error is None:
+            seen[r.key] = r.where
+        yield r
+
+
+def _build_from_records(
+    model: Model,
+    records: Iterable[Any],
+    kind: str,
+    label_field: str | None,
+    backend: str,
+    batch_size: int | None,
+    progress: bool,
+) -> tuple[Bank, list[dict]]:
+    """:func:`build_bank` of :class:`~jaxplain.data.sources.Record` s, pulled lazily: only the embeddings,
+    names and labels of the good items are kept, never their images."""
+    from jaxplain.batching import encode_batches
+    from jaxplain.batching import progress as progress_bar
+    from jaxplain.models.bundle import IMAGE_BATCH, TEXT_BATCH
+
+    if kind == "image":
+        bs = batch_size or IMAGE_BATCH
+
+        def prepare(r):
+            if r.image is None:
+                raise InputError(f"{r.where}: no image")
+            return model.processing.pixels(r.image, r.where)
+
+        encode, workers = (lambda x: model.encode_pixels(x, bs)), None
+    else:
+        bs = batch_size or TEXT_BATCH
+
+        def prepare(r):
+            if r.text is None:
+                raise InputError(f"{r.where}: no text")
+            return model.tokenizer.pad(model.tokenizer.ids(r.text, r.where))
+
+        # The tokenizer is Python holding the GIL (threads would not overlap it), and its truncation warnings
+        # are caught by the caller's thread.
+        encode, workers = (lambda x: model.encode_ids(x, bs)), 0
+    labels: list[int] = []
+    rows, items, ids, errors = [], [], [], []
+    with progress_bar(None, f"embedding bank {kind}s", "item", progress) as bar:
+        stream = _checked_records(records, label_field)
+        for batch in encode_batches(stream, prepare, lambda r: r.where, encode, bs, workers):
+            if batch.embeddings is not None:
+                rows.append(batch.embeddings)
+            items += [record_item(r, kind) for r in batch.items]
+            ids += [r.key for r in batch.items]
+            if label_field is not None:
+                labels += [int(r.fields[label_field]) for r in batch.items]
+            errors += batch.errors
+            bar.update(len(batch.items) + len(batch.errors))
+    if not rows:
+        first = "; ".join(f"{e['item']}: {e['error']}" for e in errors[:3])
+        raise InputError(f"no item could be encoded ({first or 'there were none'}{'; …' if len(errors) > 3 else ''})")
+    emb = np.ascontiguousarray(np.concatenate(rows), np.float32)
+    bank = Bank(
+        kind=kind,
+        items=items,
+        ids=ids,
+        embeddings=emb,
+        model_name=model.name,
+        fingerprint=model.fingerprint,
+        index=build_index(emb, backend),
+        labels=None if label_field is None else np.asarray(labels, np.int64),
+    )
+    return bank, errors
+
+
+def _is_records(items: Any) -> tuple[bool, Any]:
+    """Whether ``items`` are :class:`~jaxplain.data.sources.Record` s, and the items to use (an iterator's
+    first item is peeked at and put back)."""
+    from jaxplain.data.sources import Record
+
+    if isinstance(items, (str, bytes, np.ndarray)):
+        return False, items
+    if isinstance(items, Sequence):
+        return bool(len(items)) and isinstance(items[0], Record), items
+    it = iter(items)
+    first = next(it, None)
+    if first is None:
+        return False, []
+    rest = itertools.chain([first], it)
+    return isinstance(first, Record), (rest if isinstance(first, Record) else list(rest))
+
+
 def build_bank(
     model: Model,
     *,
-    images: Sequence[Any] | np.ndarray | None = None,
-    texts: Sequence[str] | None = None,
+    images: Iterable[Any] | np.ndarray | None = None,
+    texts: Iterable[Any] | None = None,
     ids: Sequence[str] | None = None,
     labels: Sequence[int] | np.ndarray | None = None,
     backend: str = "auto",
     batch_size: int | None = None,
     progress: bool = True,
     source: str | None = None,
+    label_field: str | None = None,
 ) -> tuple[Bank, list[dict]]:
     """Encode real items with ``model`` and index them.
 
     Args:
       model: the model the bank will serve.
       images: image paths, or in-memory images (arrays ``[H, W]``, ``[H, W, C]``, ``[C, H, W]`` uint8 or
-        float in ``[0, 1]``, PIL images, bytes); an array ``[N, H, W(, C)]`` counts as ``N`` images.
-      texts: the texts (exactly one of ``images`` and ``texts``).
+        float in ``[0, 1]``, PIL images, bytes); an array ``[N, H, W(, C)]`` counts as ``N`` images. Or
+        :class:`~jaxplain.data.sources.Record` s (e.g. ``read_records(list_shards(["data/{000..009}.tar"]))``),
+        pulled lazily, so that memory holds a batch of images, not the input: an item's id is its record's
+        key (the tar sample's key, the parquet key column), its bank item :func:`record_item`, and an error
+        record, an undecodable image or a repeated key is reported by its ``where`` (shard and row) and skipped.
+      texts: the texts, or records whose ``text`` is the text (exactly one of ``images`` and ``texts``).
       ids: one unique id per item; default: the file name (the path as given where names collide),
         ``f"text:{line}"`` with 1-based lines, or ``str(i)`` for in-memory images.
       labels: optional int label per item.
@@ -323,6 +460,8 @@ def build_bank(
       batch_size: items per forward pass (default: the model's image or text default).
       progress: show a progress bar on standard error.
       source: the file the texts came from, to name bad lines as ``FILE:LINE``.
+      label_field: with records, the field (parquet column, key of a tar sample's ``json``) holding each
+        item's integer label; a record without one is reported and skipped.
 
     Returns:
       The bank of the good items, and one ``{"item", "error"}`` record per bad item skipped (an image that
@@ -338,7 +477,15 @@ def build_bank(
         raise InputError("give exactly one of images= and texts=")
     if isinstance(texts, str):
         raise InputError("texts= must be a list of texts, got a single string (wrap it in a list)")
-    all_items = list(images) if images is not None else list(texts)
+    records, given = _is_records(images if images is not None else texts)
+    if records:
+        if ids is not None or labels is not None:
+            raise InputError("records bring their own ids (their keys) and labels (label_field=)")
+        kind = "image" if images is not None else "text"
+        return _build_from_records(model, given, kind, label_field, backend, batch_size, progress)
+    if label_field is not None:
+        raise InputError("label_field= reads labels from records; give labels= with paths, images or texts")
+    all_items = list(given)
     n = len(all_items)
     if not n:
         raise InputError("no items to put in the bank")
