@@ -165,11 +165,16 @@ def shard_global(x: np.ndarray, mesh: Mesh, axis: str, rows: int) -> jax.Array:
     return jax.make_array_from_callback((rows, *x.shape[1:]), row_sharding(mesh, axis), block)
 
 
+def spans_processes(mesh: Mesh) -> bool:
+    """Whether ``mesh`` holds devices of other processes (work on it is then collective: every process calls)."""
+    return any(d.process_index != jax.process_index() for d in mesh.devices.flat)
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """A pytree whole on every device of ``mesh``. In a multi-process job every process must pass the same
     values (each one fills its own devices)."""
     sharding = NamedSharding(mesh, PartitionSpec())
-    if all(d.process_index == jax.process_index() for d in mesh.devices.flat):
+    if not spans_processes(mesh):
         return jax.device_put(tree, sharding)
 
     def put(a):

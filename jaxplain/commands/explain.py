@@ -57,6 +57,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--want", help="the wanted outcome of the lines that give none (e.g. other-class)")
     p.add_argument("--classes", help="comma-separated class names for the lines that give none")
     p.add_argument(
+        "--devices",
+        choices=["auto", "all", "one"],
+        default="auto",
+        help="all: split each batch over this process's devices (a 'data' mesh; the bank's rows over them for "
+        "the oracle); one: the default device; auto (default): all on a GPU or TPU host with several devices, one "
+        "on a CPU",
+    )
+    p.add_argument(
         "--bank-sharding",
         choices=["replicated", "hosts"],
         default="replicated",
@@ -215,6 +223,7 @@ def explain_shard(shard, context: dict) -> list[dict]:
                 k=args.k,
                 top=args.top,
                 search=args.search,
+                mesh=context["mesh"],
             )
         except JaxplainError as e:
             for slot, p in members:
@@ -294,6 +303,7 @@ def run(args: argparse.Namespace) -> int:
     todo = job.pending(mine)
     context = {"base": pairs_path.parent, "model": model, "shipped": shipped, "banks": banks, "args": args}
     context["defaults"] = defaults
+    context["mesh"] = _local_mesh(args.devices)
     # A tar's count of samples is known once read: the bar counts its pairs as they come, without a total.
     sizes = {j: shards[j].size for j in mine}
     known = None if any(v is None for v in sizes.values()) else sum(sizes.values())
@@ -327,6 +337,18 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_BAD_ITEMS if counts.get("error") else EXIT_OK
+
+
+def _local_mesh(devices: str):
+    """The mesh over this process's own devices that ``--devices`` asks for, or None (the default device)."""
+    import jax
+
+    from jaxplain import sharding
+
+    local = jax.local_devices()
+    if devices == "one" or len(local) == 1 or (devices == "auto" and jax.default_backend() == "cpu"):
+        return None
+    return sharding.make_mesh(sharding.DATA, devices=local)
 
 
 def _input_identity(shards) -> dict:

@@ -159,6 +159,12 @@ class Problem:
     scale: float
     goal: Goal
     wants: list[Want]
+    mesh: Any = None  # a "data" mesh the pairs' work is split over (None: the default device)
+
+
+def _on(problem: Problem) -> dict[str, Any]:
+    """The bank calls' ``mesh`` argument for a problem (none without a mesh: any bank then serves)."""
+    return {} if problem.mesh is None else {"mesh": problem.mesh}
 
 
 def build_problem(
@@ -170,6 +176,7 @@ def build_problem(
     bank,
     classes: Sequence[str] | None,
     templates: Sequence[str],
+    mesh=None,
 ) -> Problem:
     """Encode the pairs and resolve every wanted outcome into a :class:`Goal`."""
     n = len(wants)
@@ -178,8 +185,8 @@ def build_problem(
         raise InputError("the text side explains similarity outcomes (similarity>=S, similarity<=S, top:K)")
     if needs_classes and not classes:
         raise InputError("class outcomes (class:NAME, other-class, runner-up, prob:...) need class names")
-    img = model.encode_images(images) if images is not None else None
-    txt = model.encode_texts(texts) if texts is not None and not needs_classes else None
+    img = model.encode_images(images, mesh=mesh) if images is not None else None
+    txt = model.encode_texts(texts, mesh=mesh) if texts is not None and not needs_classes else None
     if side == "image":
         u0, anchor = img, (txt if txt is not None else img)
     else:
@@ -205,7 +212,7 @@ def build_problem(
             if w.kind == "runner-up" and runner is None:
                 raise InputError("runner-up needs at least two classes")
             rows.append(w.goal(class_names, predicted=int(order[i, 0]), runner_up=runner))
-    return Problem(u0, anchor, cls_emb, class_names, scale, Goal.stack(rows), wants)
+    return Problem(u0, anchor, cls_emb, class_names, scale, Goal.stack(rows), wants, mesh)
 
 
 @functools.partial(jax.jit, static_argnames="k")
@@ -243,10 +250,12 @@ def _original(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _verify_chunked(cand: np.ndarray, bank, problem: Problem, rows: np.ndarray, top: int) -> Verified:
+    on = _on(problem)
+
     def check(block):
         c, r = block
         goal = Goal(*(g[r] for g in problem.goal))
-        return bank.verify(c, problem.u0[r], goal, problem.anchor[r], problem.classes, problem.scale, top)
+        return bank.verify(c, problem.u0[r], goal, problem.anchor[r], problem.classes, problem.scale, top, **on)
 
     return map_blocks(check, (cand, rows), len(rows), PAIR_CHUNK)
 
@@ -255,7 +264,9 @@ def _retrieve_and_verify(
     problem: Problem, bank, k: int, top: int, solver: SolverConfig, escalate: int, timings
 ) -> Verified:
     t = time.perf_counter()
-    targets = solve_targets(problem.u0, problem.goal, problem.anchor, problem.classes, problem.scale, solver)
+    targets = solve_targets(
+        problem.u0, problem.goal, problem.anchor, problem.classes, problem.scale, solver, mesh=problem.mesh
+    )
     timings["targets"] = time.perf_counter() - t
     n = targets.embedding.shape[0]
     # The queries are the targets alone, not the original: on the shipped banks (class changes,
@@ -302,6 +313,7 @@ def counterfactuals(
     search: str = "auto",
     solver: SolverConfig = SolverConfig(),
     escalate: int = 1,
+    mesh=None,
 ) -> CounterfactualResult:
     """Find, for every pair, the nearest real bank items for which the model's decision changes.
 
@@ -325,6 +337,10 @@ def counterfactuals(
         ``RESCUE_BUDGET``: ``exhaustive_pairs`` of the result counts them; on a GPU or another
         accelerator both budgets are ``ACCELERATOR_BUDGET``, see :func:`search_budgets`).
       solver: target solver settings.
+      mesh: a one-axis ``"data"`` mesh (:func:`jaxplain.sharding.make_mesh`) to split the work over its
+        devices: encoding, targets and verification by pairs, the oracle by bank rows. The answers are
+        those of one device (the encoder, verifier and oracle compute bit for bit the same numbers; an
+        unconverged target may move by ~1e-3 with the batch shape). None (default): the default device.
 
     Returns:
       a :class:`CounterfactualResult`, one :class:`PairResult` per pair in input order.
@@ -351,12 +367,14 @@ def counterfactuals(
     top = min(top, bank.size - 1)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    problem = build_problem(model, side, images, texts, wants, bank, classes, templates)
+    problem = build_problem(model, side, images, texts, wants, bank, classes, templates, mesh)
     timings["encode"] = time.perf_counter() - t
     m0, s0, pred0 = _original(problem)
     if search == "exhaustive":
         t = time.perf_counter()
-        ver = bank.exhaustive(problem.u0, problem.goal, problem.anchor, problem.classes, problem.scale, top)
+        ver = bank.exhaustive(
+            problem.u0, problem.goal, problem.anchor, problem.classes, problem.scale, top, **_on(problem)
+        )
         timings["verify"] = time.perf_counter() - t
     else:
         ver = _retrieve_and_verify(problem, bank, min(k, bank.size), top, solver, escalate, timings)
@@ -390,6 +408,7 @@ def _exhaustive_rest(
         problem.classes,
         problem.scale,
         top,
+        **_on(problem),
     )
     for field, new in zip(ver, got):
         field[rest] = new

@@ -109,13 +109,14 @@ class HostShardedBank:
         out = self._round(SEARCH, {"q": np.asarray(queries, np.float32), "k": np.int64(k)})
         return out["ids"], out["scores"]
 
-    def verify(self, candidates, u0, goal, anchor, classes, scale, top: int) -> Verified:
-        """Candidates ``[N, K]`` (global rows) verified by the hosts that hold them, merged by distance."""
+    def verify(self, candidates, u0, goal, anchor, classes, scale, top: int, mesh=None) -> Verified:
+        """Candidates ``[N, K]`` (global rows) verified by the hosts that hold them, merged by distance (each
+        host on its own default device: ``mesh`` is not used here)."""
         payload = _problem(u0, goal, anchor, classes, scale, top)
         payload["cand"] = np.asarray(candidates, np.int32)
         return Verified(**self._round(VERIFY, payload))
 
-    def exhaustive(self, u0, goal, anchor, classes, scale, top: int) -> Verified:
+    def exhaustive(self, u0, goal, anchor, classes, scale, top: int, mesh=None) -> Verified:
         """Every row of the bank verified (each host its own), merged by distance: the oracle."""
         return Verified(**self._round(EXHAUSTIVE, _problem(u0, goal, anchor, classes, scale, top)))
 

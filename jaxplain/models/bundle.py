@@ -201,7 +201,7 @@ class Model:
         if mesh is not None:
             params = self.params_on(mesh)
             fn = lambda v: encode_text_sharded(params, v, config=self.config, mesh=mesh)  # noqa: E731
-            if sharding.process_count() > 1:  # the processes' batches go out together: agree on a length
+            if sharding.spans_processes(mesh):  # the processes' batches go out together: agree on a length
                 batches = _agree_lengths(batches, ids, sharding.local_blocks(mesh))
             return self._encode_on_mesh(fn, batches, len(ids), mesh)
         out = np.zeros((len(ids), self.embed_dim), np.float32)
@@ -242,22 +242,25 @@ class Model:
         flush()
         return out
 
-    def encode_images(self, images: Sequence[ImageLike] | np.ndarray, batch_size: int = IMAGE_BATCH) -> np.ndarray:
-        """Images (paths, bytes, PIL images, arrays) or a pixel array ``[N, 3, H, W]`` → ``[N, E]``.
+    def encode_images(
+        self, images: Sequence[ImageLike] | np.ndarray, batch_size: int = IMAGE_BATCH, mesh: Mesh | None = None
+    ) -> np.ndarray:
+        """Images (paths, bytes, PIL images, arrays) or a pixel array ``[N, 3, H, W]`` → ``[N, E]``
+        (``mesh``: as for :meth:`encode_pixels`).
 
         Decoding is done a batch at a time, so memory stays bounded for long lists.
         """
         if isinstance(images, np.ndarray) and images.ndim == 4:
-            return self.encode_pixels(images, batch_size)
+            return self.encode_pixels(images, batch_size, mesh)
         out = [
-            self.encode_pixels(self.processing(list(images[i : i + batch_size])), batch_size)
+            self.encode_pixels(self.processing(list(images[i : i + batch_size])), batch_size, mesh)
             for i in range(0, len(images), batch_size)
         ]
         return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
 
-    def encode_texts(self, texts: Sequence[str], batch_size: int = TEXT_BATCH) -> np.ndarray:
-        """Texts → unit-norm embeddings ``[N, E]`` float32."""
-        return self.encode_ids(self.tokenize(texts), batch_size)
+    def encode_texts(self, texts: Sequence[str], batch_size: int = TEXT_BATCH, mesh: Mesh | None = None) -> np.ndarray:
+        """Texts → unit-norm embeddings ``[N, E]`` float32 (``mesh``: as for :meth:`encode_ids`)."""
+        return self.encode_ids(self.tokenize(texts), batch_size, mesh)
 
     def similarity(self, images: Sequence[ImageLike], texts: Sequence[str]) -> np.ndarray:
         """Cosine similarity ``[N_images, N_texts]`` between images and texts."""
