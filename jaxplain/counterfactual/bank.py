@@ -355,9 +355,9 @@ def _build_from_records(
     backend: str,
     batch_size: int | None,
     progress: bool,
-) -> tuple[Bank, list[dict]]:
+) -> tuple[Bank | None, list[dict]]:
     """:func:`build_bank` of :class:`~jaxplain.data.sources.Record` s, pulled lazily: only the embeddings,
-    names and labels of the good items are kept, never their images."""
+    names and labels of the good items are kept, never their images. No good item: ``(None, errors)``."""
     from jaxplain.batching import encode_batches
     from jaxplain.batching import progress as progress_bar
     from jaxplain.models.bundle import IMAGE_BATCH, TEXT_BATCH
@@ -396,8 +396,7 @@ def _build_from_records(
             errors += batch.errors
             bar.update(len(batch.items) + len(batch.errors))
     if not rows:
-        first = "; ".join(f"{e['item']}: {e['error']}" for e in errors[:3])
-        raise InputError(f"no item could be encoded ({first or 'there were none'}{'; …' if len(errors) > 3 else ''})")
+        return None, errors
     emb = np.ascontiguousarray(np.concatenate(rows), np.float32)
     bank = Bank(
         kind=kind,
@@ -482,7 +481,12 @@ def build_bank(
         if ids is not None or labels is not None:
             raise InputError("records bring their own ids (their keys) and labels (label_field=)")
         kind = "image" if images is not None else "text"
-        return _build_from_records(model, given, kind, label_field, backend, batch_size, progress)
+        bank, errors = _build_from_records(model, given, kind, label_field, backend, batch_size, progress)
+        if bank is None:
+            first = "; ".join(f"{e['item']}: {e['error']}" for e in errors[:3])
+            more = "; …" if len(errors) > 3 else ""
+            raise InputError(f"no item could be encoded ({first or 'there were none'}{more})")
+        return bank, errors
     if label_field is not None:
         raise InputError("label_field= reads labels from records; give labels= with paths, images or texts")
     all_items = list(given)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ from jaxplain.counterfactual.bank import (
     FORMAT,
     Bank,
     BankError,
+    _build_from_records,
     _check_ids,
     _check_labels,
     _check_model,
@@ -68,8 +69,8 @@ def build_sharded(
     model: Model,
     out: str | os.PathLike,
     *,
-    images: Sequence[str] | None = None,
-    texts: Sequence[str] | None = None,
+    images: Sequence[Any] | None = None,
+    texts: Sequence[Any] | None = None,
     ids: Sequence[str] | None = None,
     labels: Sequence[int] | np.ndarray | None = None,
     shard_size: int,
@@ -78,20 +79,25 @@ def build_sharded(
     batch_size: int | None = None,
     progress: bool = True,
     source: str | None = None,
+    label_field: str | None = None,
 ) -> tuple[Path | None, dict[str, int], list[dict]]:
     """Encode items into a sharded bank at ``out``, a shard of ``shard_size`` items at a time; resumable.
 
     Args:
       model: the model the bank serves.
       out: the bank directory (new, or a build of the same items and options to resume).
-      images: image paths; or ``texts`` (exactly one of them).
+      images: image paths; or the :class:`~jaxplain.data.sources.Shard` s of tar or parquet inputs
+        (:func:`~jaxplain.data.sources.list_shards`): then each input shard becomes one shard of the bank,
+        read lazily when it is built, so memory is bounded by a shard's embeddings, and ``shard_size`` is
+        not used. Or ``texts`` (exactly one of them), likewise texts or shards.
       ids, labels: as for :func:`~jaxplain.counterfactual.bank.build_bank` (default ids are made over all
-        items, so that they are unique across shards).
+        items, so that they are unique across shards); with input shards, ids are the records' keys and
+        labels come from ``label_field``.
       shard_size: items per shard.
       backend: each shard's index backend.
       recall: with ScaNN shards, each shard's leaves to search are calibrated to this recall target
         (:func:`~jaxplain.counterfactual.shards.calibrate_leaves`) instead of the size rule.
-      batch_size, progress, source: as for ``build_bank``.
+      batch_size, progress, source, label_field: as for ``build_bank``.
 
     Returns:
       ``(path of bank.json or None, counts, bad items of the shards built by this run)``. ``bank.json`` is
@@ -100,15 +106,22 @@ def build_sharded(
 
     Each process of a multi-process job (:mod:`jaxplain.distributed`) builds every ``process_count``-th shard.
     """
+    from jaxplain.data.sources import Shard
+
     if (images is None) == (texts is None):
         raise InputError("give exactly one of images= and texts=")
     if shard_size < 1:
         raise InputError(f"the shard size must be at least 1, got {shard_size}")
-    items = [str(x) for x in (images if images is not None else texts)]
+    kind = "image" if images is not None else "text"
+    given = list(images if images is not None else texts)
+    if given and isinstance(given[0], Shard):
+        return _build_from_shards(
+            model, out, kind, given, backend, recall, batch_size, progress, label_field, ids, labels
+        )
+    items = [str(x) for x in given]
     n = len(items)
     if not n:
         raise InputError("no items to put in the bank")
-    kind = "image" if images is not None else "text"
     if ids is not None:
         all_ids = _check_ids(ids, n)
     elif kind == "image":
@@ -125,46 +138,123 @@ def build_sharded(
         "labels": None if label_array is None else hashlib.blake2b(label_array.tobytes(), digest_size=16).hexdigest(),
         "shard_size": shard_size,
         "index": backend,
-        "recall": None if recall is None else {"recall": recall.recall, "k": recall.k, "sample": recall.sample},
+        "recall": _recall_config(recall),
     }
-    directory = Path(out)
+
+    def produce(todo: list[int]) -> Iterator[tuple[int, Bank | None, list[dict]]]:
+        for j in todo:
+            rows = slice(j * shard_size, min(n, (j + 1) * shard_size))
+            part = items[rows]
+            bank, bad = build_bank(
+                model,
+                images=part if kind == "image" else None,
+                texts=part if kind == "text" else None,
+                ids=all_ids[rows],
+                labels=None if label_array is None else label_array[rows],
+                backend=backend,
+                batch_size=batch_size,
+                progress=False,
+                source=source,
+            )
+            yield j, bank, bad
+
+    sizes = [min(n, (j + 1) * shard_size) - j * shard_size for j in range(total)]
+    return _run_shards(model, Path(out), config, kind, sizes, produce, recall, progress)
+
+
+def _recall_config(recall: RecallTarget | None) -> dict | None:
+    return None if recall is None else {"recall": recall.recall, "k": recall.k, "sample": recall.sample}
+
+
+def _shard_identity(shard: Any) -> dict[str, Any]:
+    """What a resumed build must find again about an input shard (its file's size stands in for its
+    contents: hashing every input file up front would read the whole input twice)."""
+    size = os.path.getsize(shard.path) if shard.path and os.path.isfile(shard.path) else None
+    return {"path": shard.path, "kind": shard.kind, "start": shard.start, "stop": shard.stop, "bytes": size}
+
+
+def _build_from_shards(
+    model: Model,
+    out: str | os.PathLike,
+    kind: str,
+    shards: list[Any],
+    backend: str,
+    recall: RecallTarget | None,
+    batch_size: int | None,
+    progress: bool,
+    label_field: str | None,
+    ids: Sequence[str] | None,
+    labels: Any,
+) -> tuple[Path | None, dict[str, int], list[dict]]:
+    """:func:`build_sharded` with one bank shard per input shard, each read lazily when it is built."""
+    from jaxplain.data.sources import read_shard
+
+    if ids is not None or labels is not None:
+        raise InputError("records bring their own ids (their keys) and labels (label_field=)")
+    config = {
+        "command": "bank build",
+        "kind": kind,
+        "model": {"name": model.name, "fingerprint": model.fingerprint},
+        "inputs": {"count": len(shards), "blake2b": _digest_strings([json.dumps(_shard_identity(s)) for s in shards])},
+        "label_field": label_field,
+        "index": backend,
+        "recall": _recall_config(recall),
+    }
+
+    def produce(todo: list[int]) -> Iterator[tuple[int, Bank | None, list[dict]]]:
+        for j in todo:
+            bank, bad = _build_from_records(model, read_shard(shards[j]), kind, label_field, backend, batch_size, False)
+            yield j, bank, bad
+
+    sizes = [s.size for s in shards]
+    return _run_shards(model, Path(out), config, kind, sizes, produce, recall, progress)
+
+
+def _run_shards(
+    model: Model,
+    directory: Path,
+    config: dict[str, Any],
+    kind: str,
+    sizes: Sequence[int | None],
+    produce: Callable[[list[int]], Iterator[tuple[int, Bank | None, list[dict]]]],
+    recall: RecallTarget | None,
+    progress: bool,
+) -> tuple[Path | None, dict[str, int], list[dict]]:
+    """The resumable loop of a sharded build: the shards of this process that are not done, made by
+    ``produce`` (in the order asked), each saved whole and then marked done; the manifest once all are done.
+
+    A shard without one good item (a corrupt tar) is marked done with its errors and no directory; the
+    manifest leaves it out."""
     if (directory / BANK_FILE).is_file() and not (directory / "job.json").is_file():
         raise InputError(f"{directory}: holds a bank of one directory; build the sharded bank elsewhere")
+    total = len(sizes)
     job = JobDir(directory, config, total)
     mine = parts_for_process(total, distributed.process_index(), distributed.process_count())
     counts, errors = {"items": 0, "bad": 0}, []
     todo = job.pending(mine)
-    sizes = {j: min(n, (j + 1) * shard_size) - j * shard_size for j in mine}
-    bar = progress_bar(sum(sizes.values()), f"embedding bank {kind}s", "item", progress)
-    bar.update(sum(sizes[j] for j in mine if j not in todo))
-    for j in todo:
-        rows = slice(j * shard_size, min(n, (j + 1) * shard_size))
-        part = items[rows]
-        bank, bad = build_bank(
-            model,
-            images=part if kind == "image" else None,
-            texts=part if kind == "text" else None,
-            ids=all_ids[rows],
-            labels=None if label_array is None else label_array[rows],
-            backend=backend,
-            batch_size=batch_size,
-            progress=False,
-            source=source,
-        )
-        if recall is not None and getattr(bank.index, "params", None) is not None and bank.index.params.num_leaves:
-            cal = calibrate_leaves(bank.index, bank.embeddings, recall.k, recall.recall, recall.sample, recall.seed + j)
-            bank = Bank(**{**_fields(bank), "index": with_leaves(bank.index, cal.leaves)})
-        bank.save(directory / shard_name(j, total))
-        job.write(j, bad, {"items": bank.size, "bad": len(bad)})
-        counts["items"] += bank.size
+    known = all(sizes[j] is not None for j in mine)
+    bar = progress_bar(sum(sizes[j] for j in mine) if known else None, f"embedding bank {kind}s", "item", progress)
+    if known:
+        bar.update(sum(sizes[j] for j in mine if j not in todo))
+    for j, bank, bad in produce(todo):
+        if bank is not None:
+            if recall is not None and getattr(bank.index, "params", None) is not None and bank.index.params.num_leaves:
+                seed = recall.seed + j
+                cal = calibrate_leaves(bank.index, bank.embeddings, recall.k, recall.recall, recall.sample, seed)
+                bank = Bank(**{**_fields(bank), "index": with_leaves(bank.index, cal.leaves)})
+            bank.save(directory / shard_name(j, total))
+        size = 0 if bank is None else bank.size
+        job.write(j, bad, {"items": size, "bad": len(bad)})
+        counts["items"] += size
         counts["bad"] += len(bad)
         errors += bad
-        bar.update(sizes[j])
+        bar.update(sizes[j] if sizes[j] is not None else size + len(bad))
     bar.close()
     distributed.barrier("bank build")
-    if distributed.process_index() != 0 or job.markers() is None:
+    markers = job.markers()
+    if distributed.process_index() != 0 or markers is None:
         return None, counts, errors
-    return _write_manifest(directory, job, kind, model, total), counts, errors
+    return _write_manifest(directory, markers, kind, model, total), counts, errors
 
 
 def _fields(bank: Bank) -> dict[str, Any]:
@@ -173,9 +263,11 @@ def _fields(bank: Bank) -> dict[str, Any]:
     } | {"labels": bank.labels}
 
 
-def _write_manifest(directory: Path, job: JobDir, kind: str, model: Model, total: int) -> Path:
+def _write_manifest(directory: Path, markers: list[dict], kind: str, model: Model, total: int) -> Path:
     shards, offset = [], 0
     for j in range(total):
+        if markers[j].get("summary", {}).get("items") == 0 and not (directory / shard_name(j, total)).exists():
+            continue  # a shard of bad items only
         meta = json.loads((directory / shard_name(j, total) / BANK_FILE).read_text(encoding="utf-8"))
         shards.append({"name": shard_name(j, total), "offset": offset, "size": meta["size"], "index": meta["index"]})
         offset += meta["size"]
