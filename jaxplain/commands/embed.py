@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxplain.commands.bank import add_inputs, record_shards
 from jaxplain.commands.common import (
     EXIT_BAD_ITEMS,
     EXIT_OK,
-    add_model_and_items,
     encode_stream,
     npy_path,
     read_lines,
@@ -28,12 +28,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="write unit-norm embeddings of images or texts to a .npy file",
         description=(
             "Encode images (files, or directories whose image files are taken in file-name order) or texts "
-            "(one per line) and write unit-norm float32 embeddings [N, E] to OUT, in input order. "
+            "(one per line), or the items of webdataset tar shards or parquet files, and write unit-norm float32 "
+            "embeddings [N, E] to OUT, in input order. "
             "OUT with .json instead of .npy lists the item of every row, the model's fingerprint, and the "
             "bad items that were skipped (exit status 1 if there were any)."
         ),
     )
-    add_model_and_items(p)
+    add_inputs(p)
     p.add_argument("--out", required=True, help="output .npy file")
     p.add_argument("--batch-size", type=int, default=64, help="items per forward pass (default 64)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute dtype")
@@ -47,7 +48,11 @@ def run(args: argparse.Namespace) -> int:
 
     out = npy_path(args.out)
     model = load(args.model, dtype=args.dtype)
-    if args.images:
+    shards = record_shards(args.images or [args.texts], "images" if args.images else "texts")
+    if shards is not None:
+        emb, items, errors = _embed_records(args, model, shards)
+        kept = range(len(items))
+    elif args.images:
         files = list_images(args.images)
         if not files:
             raise InputError(f"no image files found in {' '.join(args.images)}")
@@ -100,3 +105,40 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_BAD_ITEMS if errors else EXIT_OK
+
+
+def _embed_records(args, model, shards) -> tuple[np.ndarray | None, list[str], list[dict]]:
+    """Embeddings of the records of tar/parquet shards, read lazily: ``(emb [K, E] or None, the K good
+    items' names, the bad items)``."""
+    from jaxplain.batching import encode_batches, progress
+    from jaxplain.counterfactual.bank import record_item
+    from jaxplain.data.sources import read_records
+
+    kind = "image" if args.images else "text"
+    if kind == "image":
+        encode, workers = (lambda x: model.encode_pixels(x, args.batch_size)), None
+
+        def prepare(r):
+            if r.image is None:
+                raise InputError(f"{r.where}: no image")
+            return model.processing.pixels(r.image, r.where)
+    else:
+        encode, workers = (lambda x: model.encode_ids(x, args.batch_size)), 0
+
+        def prepare(r):
+            if r.text is None:
+                raise InputError(f"{r.where}: no text")
+            return model.tokenizer.pad(model.tokenizer.ids(r.text, r.where))
+
+    rows, items, errors = [], [], []
+    with warnings.catch_warnings(record=True) as caught, progress(None, f"embedding {kind}s", "item") as bar:
+        warnings.simplefilter("always")
+        for batch in encode_batches(read_records(shards), prepare, lambda r: r.where, encode, args.batch_size, workers):
+            if batch.embeddings is not None:
+                rows.append(batch.embeddings)
+            items += [record_item(r, kind) for r in batch.items]
+            errors += batch.errors
+            bar.update(len(batch.items) + len(batch.errors))
+    for w in caught:
+        print(f"jaxplain: warning: {w.message}", file=sys.stderr)
+    return (np.concatenate(rows) if rows else None), items, errors

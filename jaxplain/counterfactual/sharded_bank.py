@@ -47,6 +47,7 @@ from jaxplain.errors import InputError
 from jaxplain.jobs import JobDir, parts_for_process, write_atomic
 
 if TYPE_CHECKING:
+    from jaxplain.data.precomputed import PrecomputedEmbeddings
     from jaxplain.models.bundle import Model
 
 SHARDED_VERSION = 2
@@ -255,6 +256,154 @@ def _run_shards(
     if distributed.process_index() != 0 or markers is None:
         return None, counts, errors
     return _write_manifest(directory, markers, kind, model, total), counts, errors
+
+
+PRECOMPUTED_ITEM_COLUMNS = {"image": ("image_path", "url", "caption"), "text": ("caption", "text", "url")}
+PRECOMPUTED_ID_COLUMNS = ("key", "id")
+
+
+def build_from_embeddings(
+    model: Model,
+    out: str | os.PathLike,
+    embeddings: PrecomputedEmbeddings,
+    *,
+    shard_size: int,
+    backend: str = "auto",
+    recall: RecallTarget | None = None,
+    progress: bool = True,
+    sharded: bool | None = None,
+) -> tuple[Path | None, dict[str, int], list[dict]]:
+    """A bank of embeddings made elsewhere (:func:`~jaxplain.data.precomputed.open_embeddings`), without
+    encoding anything again: read in chunks, one directory up to ``shard_size`` rows, shards beyond.
+
+    The caller vouches that ``model`` made the embeddings: the bank records its name and fingerprint, and
+    only their width can be checked (another width raises :class:`InputError` naming both). Each item is
+    named by the first metadata column present of ``PRECOMPUTED_ITEM_COLUMNS[kind]`` (else
+    ``FILE: row R``), its id is the ``key`` or ``id`` column (else the global row). A row that is not finite
+    or not unit-norm is reported by file and row and skipped.
+
+    Args:
+      sharded: force (True) or refuse (False) a sharded bank; None: sharded above ``shard_size`` rows, or
+        in a multi-process job.
+
+    Returns:
+      As :func:`build_sharded`; for one directory, ``(its bank.json, counts, bad rows)``.
+    """
+    if shard_size < 1:
+        raise InputError(f"the shard size must be at least 1, got {shard_size}")
+    if embeddings.dim != model.embed_dim:
+        raise InputError(
+            f"{embeddings.parts[0].embeddings}: embeddings of dimension {embeddings.dim}, but the model "
+            f"{model.name!r} (fingerprint {model.fingerprint}) makes embeddings of dimension {model.embed_dim}; "
+            "a bank must hold the embeddings of the model it serves"
+        )
+    n = embeddings.size
+    if not n:
+        raise InputError(f"{embeddings.parts[0].embeddings}: no embeddings to put in the bank")
+    if sharded is None:
+        sharded = n > shard_size or distributed.process_count() > 1
+    if not sharded:
+        (_, bank, bad), *_ = _precomputed_banks(model, embeddings, n, [0], backend)
+        if bank is None:
+            raise InputError(f"{embeddings.parts[0].embeddings}: no row could be used ({bad[0]['error']}; …)")
+        path = bank.save(out) / BANK_FILE
+        return path, {"items": bank.size, "bad": len(bad)}, bad
+    config = {
+        "command": "bank build",
+        "kind": embeddings.kind,
+        "model": {"name": model.name, "fingerprint": model.fingerprint},
+        "precomputed": [
+            {
+                "embeddings": str(p.embeddings),
+                "metadata": None if p.metadata is None else str(p.metadata),
+                "rows": p.rows,
+                "bytes": os.path.getsize(p.embeddings),
+            }
+            for p in embeddings.parts
+        ],
+        "shard_size": shard_size,
+        "index": backend,
+        "recall": _recall_config(recall),
+    }
+    total = -(-n // shard_size)
+    sizes = [min(n, (j + 1) * shard_size) - j * shard_size for j in range(total)]
+    return _run_shards(
+        model,
+        Path(out),
+        config,
+        embeddings.kind,
+        sizes,
+        lambda todo: _precomputed_banks(model, embeddings, shard_size, todo, backend),
+        recall,
+        progress,
+    )
+
+
+def _precomputed_banks(
+    model: Model, embeddings: PrecomputedEmbeddings, shard_size: int, todo: list[int], backend: str
+) -> Iterator[tuple[int, Bank | None, list[dict]]]:
+    """The banks of global rows ``[j · shard_size, (j + 1) · shard_size)`` for ``j`` in ``todo`` (ascending),
+    from one pass over the chunks up to the last of them (the rows of other shards are read, not kept)."""
+    from jaxplain.counterfactual.index import build_index
+    from jaxplain.data.precomputed import DEFAULT_CHUNK
+
+    want = set(todo)
+    if not want:
+        return
+    step = min(shard_size, DEFAULT_CHUNK)
+    current: dict[str, Any] | None = None
+
+    def finish(buf: dict[str, Any]) -> tuple[int, Bank | None, list[dict]]:
+        if not buf["items"]:
+            return buf["j"], None, buf["bad"]
+        emb = np.ascontiguousarray(np.concatenate(buf["emb"]), np.float32)
+        bank = Bank(
+            kind=embeddings.kind,
+            items=buf["items"],
+            ids=buf["ids"],
+            embeddings=emb,
+            model_name=model.name,
+            fingerprint=model.fingerprint,
+            index=build_index(emb, backend),
+        )
+        return buf["j"], bank, buf["bad"]
+
+    for chunk in embeddings.chunks(step, bad_rows="skip"):
+        if chunk.offset >= (max(want) + 1) * shard_size:
+            break
+        part = next(p for p in embeddings.parts if p.offset <= chunk.offset < p.offset + p.rows)
+        stop = min(chunk.offset + step, part.offset + part.rows)
+        # The rows skipped, in order, are the ones the chunk's errors name, in the same order.
+        skipped = np.setdiff1d(np.arange(chunk.offset, stop), chunk.rows)
+        names, keys = _precomputed_names(chunk, embeddings.kind, part.offset)
+        for j in range(chunk.offset // shard_size, (stop - 1) // shard_size + 1):
+            if current is None or current["j"] != j:
+                if current is not None and current["j"] in want:
+                    yield finish(current)
+                current = {"j": j, "emb": [], "items": [], "ids": [], "bad": []}
+            if j not in want:
+                continue
+            lo, hi = np.searchsorted(chunk.rows, [j * shard_size, (j + 1) * shard_size])
+            current["emb"].append(chunk.embeddings[lo:hi])
+            current["items"] += names[lo:hi]
+            current["ids"] += keys[lo:hi] if keys is not None else [str(r) for r in chunk.rows[lo:hi]]
+            elo, ehi = np.searchsorted(skipped, [j * shard_size, (j + 1) * shard_size])
+            for r, msg in zip(skipped[elo:ehi], chunk.errors[elo:ehi]):
+                item = f"{chunk.where}: row {int(r) - part.offset}"
+                current["bad"].append({"item": item, "error": msg.removeprefix(f"{item} ")})
+    if current is not None and current["j"] in want:
+        yield finish(current)
+
+
+def _precomputed_names(chunk: Any, kind: str, part_offset: int) -> tuple[list[str], list[str] | None]:
+    """Each kept row's item name and id from the chunk's metadata (ids None: use the global row)."""
+    column = next((c for c in PRECOMPUTED_ITEM_COLUMNS[kind] if c in chunk.metadata), None)
+    if column is None:
+        names = [f"{chunk.where}: row {int(r) - part_offset}" for r in chunk.rows]
+    else:
+        names = ["" if v is None else str(v) for v in chunk.metadata[column]]
+    key = next((c for c in PRECOMPUTED_ID_COLUMNS if c in chunk.metadata), None)
+    return names, None if key is None else [str(v) for v in chunk.metadata[key]]
 
 
 def _fields(bank: Bank) -> dict[str, Any]:
