@@ -1,5 +1,6 @@
-"""Two ``jax.distributed`` processes on loopback: ``explain`` over a bank whose shards are split across
-them writes what one process writes, and an uneven split of the pairs loses and duplicates nothing."""
+"""Two ``jax.distributed`` processes on loopback: they build one sharded bank together, ``explain`` over a
+bank whose shards are split across them writes what one process writes, and an uneven split of the pairs
+loses and duplicates nothing."""
 
 import json
 import os
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxplain.cli import main
+from jaxplain.counterfactual.bank import Bank
 from jaxplain.counterfactual.hosts import owned_shards
 from jaxplain.data import fashion_mnist
 from jaxplain.jobs import read_jsonl_parts
@@ -63,7 +65,13 @@ def sharded_bank(tmp_path_factory):
         Image.fromarray(images[i]).save(folder / f"{i:05d}.png")
     cmd = ["bank", "build", "--model", str(TINY), "--images", str(folder), "--index", "exact", "--shard-size", "70"]
     assert main([*cmd, "--out", str(root / "bank")]) == 0
-    return root / "bank"
+    # Two processes build the same bank at once, each its own shards; process 0 writes the manifest.
+    runs = _launch([*cmd, "--out", str(root / "bank2")])
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr[-2000:] for r in runs]
+    one, two = Bank.load(root / "bank"), Bank.load(root / "bank2")
+    assert two.ids == one.ids and two.index.num_shards == 5
+    np.testing.assert_array_equal(two.embeddings, one.embeddings)
+    return root / "bank2"
 
 
 def test_two_processes_over_a_bank_split_across_them(sharded_bank, tmp_path):
