@@ -261,10 +261,8 @@ def _shallow_record(p) -> dict:
 def section_throughput(args, scratch: Path, bank_dir: Path) -> None:
     import argparse as ap
 
-    from jaxplain.commands import explain as explain_command
-    from jaxplain.jobs import line_offsets
-
-    explain_lines = getattr(explain_command, "explain_lines", None)  # the job's per-chunk step, where it has one
+    from jaxplain.commands.explain import explain_shard
+    from jaxplain.data.sources import SourceConfig, list_shards
 
     n = args.tput_pairs
     _log(f"\n== throughput: {n:,} pairs, streaming job (chunk {args.chunk}) vs in-memory call, search={args.search} ==")
@@ -277,11 +275,10 @@ def section_throughput(args, scratch: Path, bank_dir: Path) -> None:
     bank = Bank.load(bank_dir, model=model)
     t_bank = time.perf_counter() - t
     t = time.perf_counter()
-    line_offsets(pairs, args.chunk)
+    shards = list_shards(str(pairs), config=SourceConfig(chunk=args.chunk))
     t_scan = time.perf_counter() - t
     images = fashion_mnist.load_shipped_test()[0]
     pixels = fashion_mnist.to_pixels(images[idx], fashion_mnist.pixel_table(model.processing))
-    lines = pairs.read_bytes().splitlines()
     parts = [slice(s, min(s + args.chunk, n)) for s in range(0, n, args.chunk)]
     kw = dict(bank=bank, classes=CLASSES, k=64, top=3, search=args.search)
     context = {
@@ -291,6 +288,8 @@ def section_throughput(args, scratch: Path, bank_dir: Path) -> None:
         "banks": {"image": bank, "text": bank},
         "args": ap.Namespace(k=64, top=3, search=args.search),
         "defaults": {"want": None, "classes": None, "templates": None},
+        "mesh": None,
+        "checked": set(),
     }
 
     def whole() -> int:
@@ -300,7 +299,7 @@ def section_throughput(args, scratch: Path, bank_dir: Path) -> None:
         return sum(sum(p.found for p in counterfactuals(model, pixels[c], want=wants[c], **kw).pairs) for c in parts)
 
     def explained() -> int:
-        return sum(r["status"] == "found" for c in parts for r in explain_lines(lines[c], c.start + 1, context))
+        return sum(r["status"] == "found" for shard in shards for r in explain_shard(shard, context))
 
     def job(tag: str) -> int:
         out = scratch / f"explain-tput-{tag}"
@@ -317,11 +316,9 @@ def section_throughput(args, scratch: Path, bank_dir: Path) -> None:
     methods = {
         "in-memory counterfactuals(), all pairs at once (the baseline)": whole,
         f"in-memory counterfactuals(), in chunks of {args.chunk}": chunked,
-        "explain_lines() per chunk: lines parsed, no files": explained,
+        "explain_shard() per chunk: lines parsed, no files": explained,
         "streaming job, cli.main explain in-process (warm)": lambda: job("warm"),
     }
-    if explain_lines is None:
-        del methods["explain_lines() per chunk: lines parsed, no files"]
     t = time.perf_counter()
     for fn in methods.values():
         fn()
@@ -345,7 +342,7 @@ def section_throughput(args, scratch: Path, bank_dir: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
 
     # what the job does per line before the engine
-    sample = lines[: args.chunk]
+    sample = pairs.read_bytes().split(b"\n")[: args.chunk]
     t = time.perf_counter()
     for raw in sample:
         json.loads(raw.decode("utf-8"))

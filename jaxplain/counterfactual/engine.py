@@ -110,8 +110,9 @@ class PairResult:
 
     def to_record(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
-        d = dataclasses.asdict(self)
-        d["counterfactuals"] = [dataclasses.asdict(c) for c in self.counterfactuals]
+        # Field by field: dataclasses.asdict deep-copies every value, a third of a streaming job's time per pair.
+        d = dict(vars(self))
+        d["counterfactuals"] = [dict(vars(c)) for c in self.counterfactuals]
         return d
 
 
