@@ -85,7 +85,14 @@ def test_two_processes_over_a_bank_split_across_them(sharded_bank, tmp_path):
     pairs.write_text("\n".join(rows) + "\n")
     # 45 pairs in parts of 10: 5 parts, 3 for process 0 and 2 for process 1.
     args = ["explain", "--model", str(TINY), "--bank", str(sharded_bank), "--pairs", str(pairs), "--chunk", "10"]
-    for search in ("index", "exhaustive"):
+    # The oracle's path through the hosts' protocol, in one process (merging across hosts is
+    # test_sharding's test_oracles_over_two_halves_of_a_bank_merge_into_the_whole_oracle).
+    one = tmp_path / "one-exhaustive"
+    assert main([*args, "--out", str(one), "--search", "exhaustive"]) == 1
+    hosts = tmp_path / "hosts-exhaustive"
+    assert main([*args, "--out", str(hosts), "--search", "exhaustive", "--bank-sharding", "hosts"]) == 1
+    assert read_jsonl_parts(hosts) == read_jsonl_parts(one)
+    for search in ("index",):
         one = tmp_path / f"one-{search}"
         assert main([*args, "--out", str(one), "--search", search]) == 1  # the bad line
         two = tmp_path / f"two-{search}"
