@@ -10,8 +10,17 @@ Fields: ``image`` (a path, relative to the pairs file, or ``fashion-mnist-test:N
 shipped test set), ``text`` (similarity and retrieval outcomes; the text that changes on the text
 side), ``classes`` and optional ``templates`` (class outcomes), ``side`` (``image``, the default, or
 ``text``), ``want`` (see :class:`jaxplain.objectives.Want`) and an optional ``id`` echoed back.
-The results file has one line per input line, in the same order; a bad line gets
-``"status": "error"`` with a message naming the line, and the other pairs are still processed.
+The pairs may also be webdataset tar shards (``'data/{000000..000099}.tar'``: an image member, a
+``txt`` caption and a ``json`` member with the fields above) or parquet files (an image column, a
+caption column, and columns named as the fields); fields a pair does not give come from --want and
+--classes.
+
+The results have one line per input line (tar sample, parquet row), in the same order; a bad one gets
+``"status": "error"`` with a message naming it (``line 7``, ``data/000003.tar: sample 000003017``,
+``x.parquet: row 5``), and the other pairs are still processed. Each result says which search answered
+it (``"search"``: index, exhaustive, or index+exhaustive). With --out DIR the results are numbered parts,
+one per input shard (--chunk lines of a JSON-lines file), each written whole and marked done: the same
+command run again after a crash resumes where it stopped, and another configuration is refused.
 """
 
 from __future__ import annotations
