@@ -393,9 +393,9 @@ def run(args: argparse.Namespace) -> int:
     paths = ", ".join(f"{_plural(v, 'pair')} by {k[7:]}" for k, v in sorted(counts.items()) if k.startswith("search:"))
     print(
         f"explained {_plural(done_pairs, 'pair')} ({len(todo)} of {_plural(len(mine), 'part')} this run) in "
-        f"{time.perf_counter() - start:.1f} s: {counts.get('found', 0):,} found, {counts.get('not_found', 0):,} not "
-        f"found, {counts.get('already', 0):,} already holding, {_plural(counts.get('error', 0), 'bad line')}"
-        f"{'; search: ' + paths if paths else ''} → {where}",
+        f"{time.perf_counter() - start:.1f} s; the job: {counts.get('found', 0):,} found, "
+        f"{counts.get('not_found', 0):,} not found, {counts.get('already', 0):,} already holding, "
+        f"{_plural(counts.get('error', 0), 'bad line')}{'; search: ' + paths if paths else ''} → {where}",
         file=sys.stderr,
     )
     return EXIT_BAD_ITEMS if counts.get("error") else EXIT_OK
