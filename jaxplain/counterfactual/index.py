@@ -36,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxplain.batching import bucket, chunks, pad_rows
 from jaxplain.errors import InputError, JaxplainError
+from jaxplain.jobs import fsync_dir
 from jaxplain.sharding import BANK, replicate, shard_global
 
 CHUNK_ROWS = 8192  # bank rows scored per step of the exact search: [QUERY_BLOCK, CHUNK_ROWS] float32 = 32 MiB
@@ -414,6 +415,10 @@ def build_index(embeddings: np.ndarray, backend: str = "auto", params: ScannPara
 def load_index(directory: str | os.PathLike) -> Index:
     """Load an index written by ``save`` (the backend is read from its ``index.json``)."""
     backend = _read_meta(directory)["backend"]
+    if backend == "sharded":
+        from jaxplain.counterfactual.shards import ShardedIndex
+
+        return ShardedIndex.load(directory)
     return {"exact": ExactIndex, "scann": ScannIndex}[backend].load(directory)
 
 
@@ -424,7 +429,10 @@ def _write_meta(directory: Path, meta: dict[str, Any]) -> None:
     (directory / INDEX_FILE).write_text(json.dumps({"format": FORMAT, "version": VERSION, **meta}, indent=1) + "\n")
 
 
-def _read_meta(directory: str | os.PathLike) -> dict[str, Any]:
+def _read_meta(
+    directory: str | os.PathLike, backends: tuple[str, ...] = ("exact", "scann", "sharded")
+) -> dict[str, Any]:
+    """An index directory's ``index.json``, checked: format, one of ``backends``, a version this jaxplain reads."""
     path = Path(directory) / INDEX_FILE
     try:
         meta = json.loads(path.read_text())
@@ -432,8 +440,8 @@ def _read_meta(directory: str | os.PathLike) -> dict[str, Any]:
         raise IndexFileError(f"{directory}: not an index directory (no {INDEX_FILE})") from None
     except (OSError, ValueError) as e:
         raise IndexFileError(f"{path}: unreadable ({e})") from None
-    if meta.get("format") != FORMAT or meta.get("backend") not in ("exact", "scann"):
-        raise IndexFileError(f"{path}: not a jaxplain index description")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("backend") not in backends:
+        raise IndexFileError(f"{path}: not a jaxplain {' or '.join(backends)} index description")
     if meta.get("version", 0) > VERSION:
         raise IndexFileError(f"{path}: format version {meta['version']} is newer than this jaxplain reads ({VERSION})")
     return meta
@@ -457,15 +465,6 @@ def _fsync_tree(directory: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system can sync a directory
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 REPLACEABLE_MARKERS = (INDEX_FILE, "bank.json")
@@ -509,7 +508,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -17,7 +17,6 @@ calibrating needs no rebuild (:func:`with_leaves`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,9 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxplain.counterfactual.index import (
-    FORMAT,
     INDEX_FILE,
-    VERSION,
     ExactIndex,
     Index,
     IndexFileError,
@@ -37,6 +34,7 @@ from jaxplain.counterfactual.index import (
     _check_embeddings,
     _check_k,
     _check_queries,
+    _read_meta,
     _write_meta,
     atomic_directory,
     build_index,
@@ -212,17 +210,8 @@ def shard_dir(shard: int) -> str:
 
 
 def _read_sharded_meta(directory: str | os.PathLike) -> dict:
+    meta = _read_meta(directory, (ShardedIndex.backend,))
     path = Path(directory) / INDEX_FILE
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise IndexFileError(f"{directory}: not an index directory (no {INDEX_FILE})") from None
-    except (OSError, ValueError) as e:
-        raise IndexFileError(f"{path}: unreadable ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("backend") != ShardedIndex.backend:
-        raise IndexFileError(f"{path}: not a jaxplain sharded index description")
-    if meta.get("version", 0) > VERSION:
-        raise IndexFileError(f"{path}: format version {meta['version']} is newer than this jaxplain reads ({VERSION})")
     shards = meta.get("shards")
     if not isinstance(shards, list) or not shards or not all(isinstance(s, dict) for s in shards):
         raise IndexFileError(f"{path}: lists no shards")
