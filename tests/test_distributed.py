@@ -77,9 +77,9 @@ def sharded_bank(tmp_path_factory):
 def test_two_processes_over_a_bank_split_across_them(sharded_bank, tmp_path):
     rows = []
     for i in range(45):
-        want = ("other-class", "runner-up", "similarity<=0.1")[i % 3]
+        want = ("other-class", "runner-up", "similarity<=0.1", "top:5")[i % 4]
         rec = {"id": f"p{i}", "image": f"fashion-mnist-test:{i}", "want": want}
-        rec.update({"text": "a photo of a bag"} if want.startswith("similarity") else {"classes": CLASSES})
+        rec.update({"classes": CLASSES} if "class" in want or "runner" in want else {"text": "a photo of a bag"})
         rows.append(json.dumps(rec) if i != 11 else '{"image": 3')
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("\n".join(rows) + "\n")
@@ -102,6 +102,8 @@ def test_two_processes_over_a_bank_split_across_them(sharded_bank, tmp_path):
         got, want = read_jsonl_parts(two), read_jsonl_parts(one)
         assert [r["line"] for r in got] == list(range(1, 46))  # nothing lost, nothing twice
         assert got == want
+        assert [r["line"] for r in got if r["status"] == "error"] == [12]  # top:5 answered across hosts too
+        assert {r["want"] for r in got if r["status"] == "found"} >= {"top:5", "other-class"}
         found = [r for r in got if r["status"] == "found"]
         assert len(found) > 15
         # Answers come from rows held by both processes (shards 0-1 on process 0, rows 0-139; 2-4 on process 1).

@@ -34,7 +34,8 @@ from jaxplain.objectives import Goal
 if TYPE_CHECKING:
     from jaxplain.models.bundle import Model
 
-NOTHING, CLOSE, SEARCH, VERIFY, EXHAUSTIVE = range(5)
+NOTHING, CLOSE, SEARCH, VERIFY, EXHAUSTIVE, LEVELS = range(6)
+WORK = (SEARCH, VERIFY, EXHAUSTIVE, LEVELS)
 
 
 def owned_shards(num_shards: int, process_index: int, process_count: int) -> range:
@@ -99,8 +100,17 @@ class HostShardedBank:
         return {"kind": self.kind, "size": self.size, "dim": self.dim, "fingerprint": self.fingerprint,
                 "sharded": str(self._directory.resolve())}  # fmt: skip
 
-    def levels(self, queries, ks):
-        raise InputError("top:K and not-top:K rank among the whole bank: explain them with the bank replicated")
+    def levels(self, queries, ks) -> np.ndarray:
+        """As :func:`~jaxplain.objectives.retrieval_levels` over the whole bank: every host's highest scores for
+        each query, merged, give the k-th and (k+1)-th of all (the midpoint is the level)."""
+        ks = np.asarray(ks, np.int64)
+        if len(ks) and (ks.min() < 1 or ks.max() >= self.size):
+            bad = int(ks[(ks < 1) | (ks >= self.size)][0])
+            raise InputError(f"top-{bad}: the bank has only {self.size} items to rank")
+        out = self._round(LEVELS, {"q": np.asarray(queries, np.float32), "k": np.int64(ks.max() + 1 if len(ks) else 1)})
+        top = out["scores"]
+        rows = np.arange(len(ks))
+        return ((top[rows, ks - 1] + top[rows, ks]) / 2).astype(np.float32)
 
     # ---------------------------------------------------------------------------------------- collective
 
@@ -137,16 +147,16 @@ class HostShardedBank:
         mine = {}
         for p, req in enumerate(requests):
             op = int(req["op"])
-            if op in (SEARCH, VERIFY, EXHAUSTIVE):
+            if op in WORK:
                 mine.update({f"{p}/{k}": v for k, v in self._answer(op, req).items()})
         answers = distributed.allgather(mine)
         merged = {}
         for p, req in enumerate(requests):
             op = int(req["op"])
-            if op not in (SEARCH, VERIFY, EXHAUSTIVE):
+            if op not in WORK:
                 continue
             parts = [{k.split("/", 1)[1]: v for k, v in a.items() if k.startswith(f"{p}/")} for a in answers]
-            if op == SEARCH:
+            if op in (SEARCH, LEVELS):
                 ids, scores = merge_top_k([(x["ids"], x["scores"]) for x in parts], int(req["k"]))
                 merged[p] = {"ids": ids, "scores": scores}
             else:
@@ -159,6 +169,11 @@ class HostShardedBank:
         if op == SEARCH:
             ids, scores = local.search(req["q"], min(int(req["k"]), local.size))
             return {"ids": ids + off, "scores": scores}
+        if op == LEVELS:  # exact scores against every local row, as retrieval_levels computes them
+            k = min(int(req["k"]), local.size)
+            s = req["q"] @ local.embeddings.T
+            ids = np.argsort(-s, axis=1, kind="stable")[:, :k]
+            return {"ids": ids + off, "scores": np.take_along_axis(s, ids, axis=1)}
         goal = Goal(*(req[f"goal_{f}"] for f in Goal._fields))
         args = (req["u0"], goal, req["anchor"], req["classes"], float(req["scale"]))
         top = int(req["top"])
