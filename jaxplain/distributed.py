@@ -49,13 +49,20 @@ def initialize(
     coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR)
     num_processes = num_processes if num_processes is not None else _env_int(ENV_NUM_PROCESSES)
     process_id = process_id if process_id is not None else _env_int(ENV_PROCESS_ID)
-    jax.distributed.initialize(
-        coordinator_address=coordinator_address,
-        num_processes=num_processes,
-        process_id=process_id,
-        local_device_ids=local_device_ids,
-        initialization_timeout=timeout,
-    )
+    try:
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+            local_device_ids=local_device_ids,
+            initialization_timeout=timeout,
+        )
+    except (ValueError, RuntimeError) as e:
+        raise InputError(
+            f"cannot join a jax.distributed job ({str(e).splitlines()[0] if str(e) else type(e).__name__}); outside "
+            f"a cluster JAX detects, set ${ENV_COORDINATOR} (host:port of process 0), ${ENV_NUM_PROCESSES} and "
+            f"${ENV_PROCESS_ID}"
+        ) from None
 
 
 def _env_int(name: str) -> int | None:

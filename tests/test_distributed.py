@@ -109,3 +109,16 @@ def test_two_processes_over_a_bank_split_across_them(sharded_bank, tmp_path):
         # Answers come from rows held by both processes (shards 0-1 on process 0, rows 0-139; 2-4 on process 1).
         rows_used = np.asarray([c["bank_row"] for r in found for c in r["counterfactuals"]])
         assert (rows_used < 140).any() and (rows_used >= 140).any()
+
+
+def test_distributed_outside_a_cluster_says_what_to_set(monkeypatch):
+    from jaxplain import distributed
+    from jaxplain.errors import InputError
+
+    for name in (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES, distributed.ENV_PROCESS_ID):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(InputError, match=r"set \$JAXPLAIN_COORDINATOR"):
+        distributed.initialize()
+    monkeypatch.setenv(distributed.ENV_NUM_PROCESSES, "two")
+    with pytest.raises(InputError, match=r"\$JAXPLAIN_NUM_PROCESSES='two': expected an integer"):
+        distributed.initialize()
