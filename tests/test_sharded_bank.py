@@ -93,3 +93,27 @@ def test_explain_on_a_sharded_bank_equals_one_directory(tiny_model, tmp_path):
         one = (tmp_path / f"one-{search}.jsonl").read_text()
         assert one == (tmp_path / f"sharded-{search}.jsonl").read_text()
         assert sum(json.loads(line)["status"] == "found" for line in one.splitlines()) > 20
+
+
+def test_recall_target_sets_each_scann_shards_leaves(tiny_model, tmp_path, capsys):
+    from jaxplain.counterfactual.shards import calibrate_leaves
+
+    texts = tmp_path / "texts.txt"
+    _texts(texts, 8400)
+    args = ["bank", "build", "--model", str(TINY), "--texts", str(texts), "--index", "scann", "--shard-size", "4200"]
+    # The fixture model's 24-d text embeddings crowd together: recall@64 tops out near 0.6 on them.
+    assert main([*args, "--out", str(tmp_path / "bank"), "--recall", "0.5"]) == 0
+    bank = Bank.load(tmp_path / "bank", model=tiny_model)
+    assert bank.index.num_shards == 2
+    for j, (shard, lo) in enumerate(zip(bank.index.indexes, bank.index.offsets)):
+        assert shard.params.num_leaves > 1
+        rows = bank.embeddings[lo : lo + shard.size]
+        cal = calibrate_leaves(shard, rows, 64, 0.5, seed=j)  # the build's calibration, again on the saved index
+        assert cal.reached and cal.recall >= 0.5 and shard.params.num_leaves_to_search == cal.leaves
+        assert cal.leaves < shard.params.num_leaves
+    # A target no number of leaves reaches is said, and the shards search every leaf.
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "high"), "--recall", "0.99"]) == 0
+    assert "recall@64 reaches only" in capsys.readouterr().err
+    high = Bank.load(tmp_path / "high")
+    assert all(s.params.num_leaves_to_search == s.params.num_leaves for s in high.index.indexes)

@@ -19,9 +19,11 @@ shard and merges their answers exactly (:class:`~jaxplain.counterfactual.shards.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -242,7 +244,13 @@ def _run_shards(
             if recall is not None and getattr(bank.index, "params", None) is not None and bank.index.params.num_leaves:
                 seed = recall.seed + j
                 cal = calibrate_leaves(bank.index, bank.embeddings, recall.k, recall.recall, recall.sample, seed)
-                bank = Bank(**{**_fields(bank), "index": with_leaves(bank.index, cal.leaves)})
+                if not cal.reached:
+                    warnings.warn(
+                        f"{shard_name(j, total)}: recall@{recall.k} reaches only {cal.recall:.3f} with every one of "
+                        f"its {bank.index.params.num_leaves} leaves (target {recall.recall}); it searches them all",
+                        stacklevel=2,
+                    )
+                bank = dataclasses.replace(bank, index=with_leaves(bank.index, cal.leaves))
             bank.save(directory / shard_name(j, total))
         size = 0 if bank is None else bank.size
         job.write(j, bad, {"items": size, "bad": len(bad)})
@@ -404,12 +412,6 @@ def _precomputed_names(chunk: Any, kind: str, part_offset: int) -> tuple[list[st
         names = ["" if v is None else str(v) for v in chunk.metadata[column]]
     key = next((c for c in PRECOMPUTED_ID_COLUMNS if c in chunk.metadata), None)
     return names, None if key is None else [str(v) for v in chunk.metadata[key]]
-
-
-def _fields(bank: Bank) -> dict[str, Any]:
-    return {
-        f: getattr(bank, f) for f in ("kind", "items", "ids", "embeddings", "model_name", "fingerprint", "index")
-    } | {"labels": bank.labels}
 
 
 def _write_manifest(directory: Path, markers: list[dict], kind: str, model: Model, total: int) -> Path:
