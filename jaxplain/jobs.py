@@ -37,10 +37,15 @@ FORMAT = "jaxplain-job"
 VERSION = 1
 
 
+def numbered(stem: str, index: int, total: int) -> str:
+    """``{stem}-00003-of-00042`` (0-based index, at least five digits, as wide as ``total``)."""
+    width = max(5, len(str(total)))
+    return f"{stem}-{index:0{width}d}-of-{total:0{width}d}"
+
+
 def part_name(index: int, total: int) -> str:
     """``part-00003-of-00042.jsonl`` (0-based index)."""
-    width = max(5, len(str(total)))
-    return f"part-{index:0{width}d}-of-{total:0{width}d}.jsonl"
+    return numbered("part", index, total) + ".jsonl"
 
 
 def parts_for_process(total: int, process_index: int, process_count: int) -> list[int]:

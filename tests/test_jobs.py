@@ -22,7 +22,7 @@ CLASSES = ["shirt", "trousers", "bag", "sandal"]
 
 def test_part_names_and_round_robin():
     assert part_name(3, 42) == "part-00003-of-00042.jsonl"
-    assert part_name(7, 123456) == "part-007-of-123456.jsonl".replace("007", "000007")
+    assert part_name(7, 123456) == "part-000007-of-123456.jsonl"
     split = [parts_for_process(10, i, 3) for i in range(3)]
     assert split == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
     assert sorted(i for part in split for i in part) == list(range(10))

@@ -294,6 +294,7 @@ def run(args: argparse.Namespace) -> int:
     from jaxplain.commands.common import progress
     from jaxplain.counterfactual.bank import Bank
     from jaxplain.data import fashion_mnist
+    from jaxplain.data.sources import SourceConfig, list_shards
     from jaxplain.jobs import JobDir, parts_for_process
     from jaxplain.models import load
 
@@ -311,8 +312,6 @@ def run(args: argparse.Namespace) -> int:
         open_bank = Bank.load
     banks = {"image": open_bank(args.bank, model=model)}
     banks["text"] = open_bank(args.text_bank, model=model) if args.text_bank else banks["image"]
-    from jaxplain.data.sources import SourceConfig, list_shards
-
     pairs_path = Path(args.pairs)
     shards = list_shards(args.pairs, config=SourceConfig(chunk=args.chunk))
     if not shards or all(s.size == 0 for s in shards):

@@ -46,7 +46,7 @@ from jaxplain.counterfactual.bank import (
 )
 from jaxplain.counterfactual.shards import RecallTarget, ShardedIndex, calibrate_leaves, with_leaves
 from jaxplain.errors import InputError
-from jaxplain.jobs import JobDir, parts_for_process, write_atomic
+from jaxplain.jobs import JobDir, numbered, parts_for_process, write_atomic
 
 if TYPE_CHECKING:
     from jaxplain.data.precomputed import PrecomputedEmbeddings
@@ -57,8 +57,7 @@ SHARDED_VERSION = 2
 
 def shard_name(index: int, total: int) -> str:
     """``shard-00003-of-00008``."""
-    width = max(5, len(str(total)))
-    return f"shard-{index:0{width}d}-of-{total:0{width}d}"
+    return numbered("shard", index, total)
 
 
 def _digest_strings(items: Sequence[str]) -> str:
