@@ -15,3 +15,8 @@ class ModelNotFoundError(CheckpointError):
 
 class InputError(JaxplainError, ValueError):
     """An input item (image, text, array) is unusable; the message names the item."""
+
+
+class OutputError(JaxplainError, OSError):
+    """An output cannot be written (a directory where a file is wanted, no permission, a full disk, another
+    run holding it); the message names the output, and nothing half-written is left behind."""
