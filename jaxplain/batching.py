@@ -91,11 +91,36 @@ def progress(total: int, desc: str, unit: str, show: bool = True):
 
 class EncodedBatch(NamedTuple):
     """One batch of :func:`encode_batches`: ``embeddings [B, E]`` of the ``B`` good ``items`` (in input order),
-    and the ``{"item", "error"}`` records of the bad items met since the previous batch."""
+    and the ``{"item", "error"}`` records of the bad items met since the previous batch (those ``prepare``
+    refused, then this batch's items whose embedding is not finite)."""
 
     embeddings: np.ndarray | None
     items: list[Any]
     errors: list[dict]
+
+
+NON_FINITE_EMBEDDING = "the model gave a non-finite embedding (NaN/inf) for it"
+
+
+def finite_rows(
+    embeddings: np.ndarray | None, items: list[Any], name: Callable[[Any], str]
+) -> tuple[np.ndarray | None, list[Any], list[dict]]:
+    """Split a batch's embeddings ``[B, E]`` of ``items`` into the rows that are finite and the rest.
+
+    Returns the finite rows (None if there are none), their items, and an ``{"item", "error"}`` record
+    (:data:`NON_FINITE_EMBEDDING`) naming each item whose embedding holds a NaN or an infinity: inputs a
+    model overflows on (e.g. in float16), or pixels that are not finite. Each row is its own item's: the
+    other items of the batch are kept as they are.
+    """
+    if embeddings is None:
+        return None, items, []
+    emb = np.asarray(embeddings)
+    ok = np.isfinite(emb.reshape(len(emb), -1)).all(axis=1)
+    if ok.all():
+        return embeddings, items, []
+    errors = [{"item": name(item), "error": NON_FINITE_EMBEDDING} for item, good in zip(items, ok) if not good]
+    kept = [item for item, good in zip(items, ok) if good]
+    return (emb[ok] if ok.any() else None), kept, errors
 
 
 class _Raised(NamedTuple):
@@ -120,7 +145,8 @@ def encode_batches(
         :class:`~jaxplain.data.sources.Record`) is reported as it is.
       prepare: item → model input (e.g. pixels ``[3, H, W]``); raises :class:`InputError` for a bad item.
       name: item → the name errors report.
-      encode: stacked inputs ``[B, ...]`` → embeddings ``[B, E]``.
+      encode: stacked inputs ``[B, ...]`` → embeddings ``[B, E]``; an item whose row is not finite is
+        reported (:func:`finite_rows`) and dropped, the others of its batch kept.
       workers: threads preparing items (:func:`~jaxplain.data.decode.decode_parallel`; None: one per core,
         0: in this thread). They prepare up to ``batch_size + workers`` items ahead, so the next batch is
         being decoded while this one encodes (the device releases the GIL). The batches, and so the
@@ -143,6 +169,10 @@ def encode_batches(
         except Exception as e:  # not bad input: re-raised in the consumer's thread
             return _Raised(e)
 
+    def encoded(pending, kept, errors) -> EncodedBatch:
+        emb, good, bad = finite_rows(encode(np.stack(pending)) if pending else None, kept, name)
+        return EncodedBatch(emb, good, errors + bad)
+
     pending, kept, errors = [], [], []
     for d in decode_parallel(items, guarded, workers=workers, prefetch=batch_size + workers):
         if isinstance(d.value, _Raised):
@@ -154,10 +184,10 @@ def encode_batches(
         pending.append(d.value)
         kept.append(d.item)
         if len(pending) == batch_size:
-            yield EncodedBatch(encode(np.stack(pending)), kept, errors)
+            yield encoded(pending, kept, errors)
             pending, kept, errors = [], [], []
     if pending or errors:
-        yield EncodedBatch(encode(np.stack(pending)) if pending else None, kept, errors)
+        yield encoded(pending, kept, errors)
 
 
 def encode_stream(
@@ -183,7 +213,8 @@ def encode_stream(
 
     Returns:
       the embeddings ``[K, E]`` of the ``K`` good items (None if there were none), their indices,
-      and one ``{"item", "error"}`` record per bad item.
+      and one ``{"item", "error"}`` record per bad item: one ``prepare`` refused, or one whose embedding is
+      not finite (:data:`NON_FINITE_EMBEDDING`).
     """
     rows, kept, errors = [], [], []
     with progress(n, desc, unit, show) as bar:

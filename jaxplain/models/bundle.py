@@ -60,16 +60,46 @@ def text_length_bucket(n: int) -> int:
     return -(-n // step) * step
 
 
-def fingerprint(config: ClipConfig, params: clip.Params) -> str:
-    """A short hash of the config and float32 weights: two models share it only if they compute the same
-    function. Banks and indexes record it so they cannot be mixed with another model's. Either layout of the
-    layers (:func:`jaxplain.models.clip.unstack_layers`) gives the same hash."""
+def tokenizer_identity(tokenizer: Tokenizer) -> dict:
+    """What decides the ids a :class:`~jaxplain.data.tokenize.Tokenizer` gives: its context length and
+    special ids, and the serialised tokenizer (vocabulary, merges, normalisation such as lowercasing,
+    pre-tokenisation, the start and end tokens added), without the settings that do not change an id
+    (its decoder, and the truncation and padding transformers sets call by call: jaxplain pads itself)."""
+    hf = tokenizer.hf
+    backend = getattr(hf, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        for key in ("version", "truncation", "padding", "decoder"):
+            spec.pop(key, None)
+    else:  # a tokenizer without a serialised form: its vocabulary
+        spec = {"vocab": sorted(hf.get_vocab().items())}
+    return {
+        "context_length": tokenizer.context_length,
+        "ids": [tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id],
+        "tokenizer": spec,
+    }
+
+
+def fingerprint(
+    config: ClipConfig, params: clip.Params, *, processing: ImageProcessing, tokenizer: Tokenizer | None
+) -> str:
+    """A short hash of all that decides a model's embeddings: the config, the float32 weights, the image
+    preprocessing (:meth:`~jaxplain.data.images.ImageProcessing.to_hf_dict`: sizes, crop, normalisation)
+    and the tokenizer (:func:`tokenizer_identity`; None: none). Two models share it only if they give the
+    same embeddings for the same images and texts. Banks and indexes record it so they cannot be mixed with
+    another model's, or with the same weights fed differently. Either layout of the layers
+    (:func:`jaxplain.models.clip.unstack_layers`) gives the same hash."""
     params = clip.stack_layers(params)
     h = hashlib.blake2b(digest_size=12)
     h.update(json.dumps(config.to_hf_dict(), sort_keys=True).encode())
     for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(params)[0], key=lambda kv: str(kv[0])):
         h.update(str(path).encode())
         h.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
+    inputs = {
+        "processing": processing.to_hf_dict(),
+        "tokenizer": None if tokenizer is None else tokenizer_identity(tokenizer),
+    }
+    h.update(json.dumps(inputs, sort_keys=True, default=repr).encode())
     return h.hexdigest()
 
 
@@ -95,7 +125,7 @@ class Model:
       params: the weights as a pytree of jax arrays (see :func:`jaxplain.models.clip.init_params`).
       tokenizer: turns texts into ``[N, context_length]`` ids.
       processing: turns images into ``[N, 3, H, W]`` pixels.
-      fingerprint: a hash of config and weights (see :func:`fingerprint`).
+      fingerprint: a hash of config, weights, preprocessing and tokenizer (see :func:`fingerprint`).
       directory: the checkpoint directory it was read from, if any.
     """
 
@@ -120,7 +150,11 @@ class Model:
     def with_params(self, params: clip.Params, same_model: bool = False) -> Model:
         """The bundle with other weights. Their fingerprint is recomputed, unless ``same_model`` says they
         are these weights in another dtype (banks made by this model then still serve it)."""
-        fp = self.fingerprint if same_model else fingerprint(self.config, params)
+        fp = (
+            self.fingerprint
+            if same_model
+            else fingerprint(self.config, params, processing=self.processing, tokenizer=self.tokenizer)
+        )
         return dataclasses.replace(self, params=params, fingerprint=fp)
 
     @functools.cached_property

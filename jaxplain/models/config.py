@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -114,61 +115,133 @@ class ClipConfig:
         }
 
 
-def _pick(d: dict[str, Any], key: str, default: Any, where: str) -> Any:
-    value = d.get(key, default)
+# What each value must be, field by field: "size" a positive integer, "id" a non-negative integer, "eps" a
+# positive finite number, "act" one of ACTIVATIONS, "channels" 3 (images are read as RGB); "finite" (a finite
+# number) is the top-level logit_scale_init_value's.
+_TEXT_KINDS = ("size", "size", "size", "size", "size", "size", "act", "eps", "id", "id", "id")
+_VISION_KINDS = ("size", "size", "channels", "size", "size", "size", "size", "act", "eps")
+# Keys that may be given as a list of equal values: a square image's two sides, a list of token ids.
+_LIST_KEYS = ("image_size", "patch_size", "eos_token_id", "bos_token_id", "pad_token_id")
+
+
+def _short(value: Any, n: int = 60) -> str:
+    """``repr(value)``, cut to ``n`` characters."""
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_value(value: Any, kind: str, key: str, source: str) -> Any:
+    """``value`` if it is of ``kind`` (see ``_TEXT_KINDS``); else a :class:`CheckpointError` naming ``key``."""
+    if kind == "size" and _is_int(value) and value > 0:
+        return value
+    if kind == "id" and _is_int(value) and value >= 0:
+        return value
+    if kind == "channels" and _is_int(value) and value == 3:
+        return value
+    if kind == "eps" and _is_number(value) and value > 0:
+        return float(value)
+    if kind == "finite" and _is_number(value):
+        return float(value)
+    if kind == "act" and isinstance(value, str) and value in ACTIVATIONS:
+        return value
+    want = {
+        "size": "a positive integer",
+        "id": "a non-negative integer",
+        "channels": "3 (images are read as RGB)",
+        "eps": "a positive finite number",
+        "finite": "a finite number",
+        "act": f"one of {', '.join(ACTIVATIONS)}",
+    }[kind]
+    raise CheckpointError(f"{source}: {key!r} must be {want}, got {_short(value)}")
+
+
+def _section(d: dict[str, Any], name: str, source: str) -> tuple[str, dict[str, Any]]:
+    """The tower dictionary ``name`` (or its old ``<name>_dict`` form) and the key it was read from."""
+    for key in (name, f"{name}_dict"):
+        value = d.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise CheckpointError(
+                f"{source}: {key!r} must be a JSON object, got {type(value).__name__} {_short(value)}"
+            )
+        return key, value
+    return name, {}
+
+
+def _field(d: dict[str, Any], key: str, default: Any, kind: str, where: str, source: str) -> Any:
+    """The value of ``key`` in the tower dictionary ``d`` (``default`` when missing or null), checked."""
+    value = d.get(key)
     if value is None:
-        value = default
-    if isinstance(value, (list, tuple)):
-        # image_size / patch_size may be given as a square pair; eos_token_id as a list.
-        if len(set(value)) != 1:
-            raise CheckpointError(f"{where}.{key} = {value!r}: only square images and one id are supported")
+        return default
+    name = f"{where}.{key}"
+    if isinstance(value, list) and key in _LIST_KEYS:
+        what = "only square images are" if key in ("image_size", "patch_size") else "only one token id is"
+        if not value or any(v != value[0] or type(v) is not type(value[0]) for v in value):
+            raise CheckpointError(f"{source}: {name!r} is {_short(value)}: {what} supported")
         value = value[0]
-    return value
+    return _check_value(value, kind, name, source)
 
 
 def config_from_hf_dict(d: dict[str, Any], source: str = "config.json") -> ClipConfig:
     """Build a :class:`ClipConfig` from the dictionary of a Hugging Face CLIP ``config.json``.
 
-    Missing keys take the reference defaults (as transformers does); unsupported values raise
-    :class:`~jaxplain.errors.CheckpointError` naming the key.
+    Missing (or null) keys take the reference defaults, as transformers does. Every value is checked
+    here, in one place, before any of it is used: a value of the wrong type or out of range (a size that
+    is a string, zero or negative; a tower that is not an object; attention heads that do not divide the
+    width; an unknown activation) raises :class:`~jaxplain.errors.CheckpointError` naming ``source`` and
+    the key, e.g. ``config.json: 'vision_config.hidden_size' must be a positive integer, got '768'``.
     """
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{source}: must hold a JSON object, got {type(d).__name__} {_short(d)}")
     model_type = d.get("model_type", "clip")
     if model_type != "clip":
         raise CheckpointError(f"{source}: model_type is {model_type!r}; jaxplain.load reads 'clip' checkpoints")
-    tdict = d.get("text_config") or d.get("text_config_dict") or {}
-    vdict = d.get("vision_config") or d.get("vision_config_dict") or {}
-    td, vd = TextConfig(), VisionConfig()
-    text = TextConfig(
-        **{
-            f.name: _pick(tdict, hf, getattr(td, f.name), f"{source}: text_config")
-            for f, hf in zip(dataclasses.fields(TextConfig), _TEXT_KEYS)
-        }
-    )
-    vision = VisionConfig(
-        **{
-            f.name: _pick(vdict, hf, getattr(vd, f.name), f"{source}: vision_config")
-            for f, hf in zip(dataclasses.fields(VisionConfig), _VISION_KEYS)
-        }
-    )
-    for where, cfg in (("text_config", text), ("vision_config", vision)):
-        if cfg.hidden_act not in ACTIVATIONS:
-            raise CheckpointError(f"{source}: {where}.hidden_act = {cfg.hidden_act!r} is not one of {ACTIVATIONS}")
+    towers = {}
+    for name, cls, keys, kinds in (
+        ("text_config", TextConfig, _TEXT_KEYS, _TEXT_KINDS),
+        ("vision_config", VisionConfig, _VISION_KEYS, _VISION_KINDS),
+    ):
+        where, section = _section(d, name, source)
+        defaults = cls()
+        towers[name] = cls(
+            **{
+                f.name: _field(section, hf, getattr(defaults, f.name), kind, where, source)
+                for f, hf, kind in zip(dataclasses.fields(cls), keys, kinds, strict=True)
+            }
+        )
+        cfg = towers[name]
         if cfg.hidden_size % cfg.num_heads:
             raise CheckpointError(
-                f"{source}: {where}.hidden_size {cfg.hidden_size} is not divisible by "
-                f"num_attention_heads {cfg.num_heads}"
+                f"{source}: '{where}.hidden_size' ({cfg.hidden_size}) must be divisible by "
+                f"'{where}.num_attention_heads' ({cfg.num_heads})"
             )
+    text, vision = towers["text_config"], towers["vision_config"]
     if vision.image_size % vision.patch_size:
+        where = _section(d, "vision_config", source)[0]
         raise CheckpointError(
-            f"{source}: vision_config.image_size {vision.image_size} is not a multiple of "
-            f"patch_size {vision.patch_size}"
+            f"{source}: '{where}.image_size' ({vision.image_size}) must be a multiple of "
+            f"'{where}.patch_size' ({vision.patch_size})"
         )
-    projection_dim = d.get("projection_dim") or tdict.get("projection_dim") or 512
+    if d.get("projection_dim") is not None:
+        projection_dim = _check_value(d["projection_dim"], "size", "projection_dim", source)
+    else:
+        where, section = _section(d, "text_config", source)
+        projection_dim = _field(section, "projection_dim", 512, "size", where, source)
+    scale = d.get("logit_scale_init_value")
     return ClipConfig(
         text=text,
         vision=vision,
-        projection_dim=int(projection_dim),
-        logit_scale_init=float(d.get("logit_scale_init_value", 2.6592)),
+        projection_dim=projection_dim,
+        logit_scale_init=2.6592 if scale is None else _check_value(scale, "finite", "logit_scale_init_value", source),
     )
 
 
@@ -200,12 +273,16 @@ _VISION_KEYS = (
 
 
 def read_config(directory: str | Path) -> ClipConfig:
-    """Read ``config.json`` from a checkpoint directory."""
+    """Read ``config.json`` from a checkpoint directory, checked by :func:`config_from_hf_dict`.
+
+    A missing file, a file that is not UTF-8 JSON, or JSON that is not an object raises
+    :class:`~jaxplain.errors.CheckpointError` naming the file.
+    """
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{directory}: no config.json (is this a Hugging Face CLIP checkpoint directory?)")
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot read it as JSON ({e})") from None
     return config_from_hf_dict(d, source=str(path))

@@ -57,7 +57,42 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: cannot read it as safetensors ({e})") from None
     except Exception as e:  # safetensors raises its own SafetensorError
         raise CheckpointError(f"{path}: cannot read it as safetensors ({e})") from None
+    check_finite(out, str(path))
     return out
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what} value" + ("" if n == 1 else "s")
+
+
+def check_finite(state: dict[str, np.ndarray], source: str, show: int = 5) -> None:
+    """Refuse weights a model cannot compute with: a :class:`CheckpointError` naming ``source`` and each
+    floating-point tensor that holds NaN or infinite values (how many of each; the first ``show`` tensors
+    in key order, then how many more), or a ``logit_scale`` whose exponential, the temperature, overflows.
+
+    One pass of ``np.isfinite`` over the host arrays, tensor by tensor, when the checkpoint is read.
+    """
+    bad = []
+    for key in sorted(state):
+        x = np.asarray(state[key])
+        if not np.issubdtype(x.dtype, np.floating) or np.isfinite(x).all():
+            continue
+        nan = int(np.isnan(x).sum())
+        inf = int(x.size - nan - np.isfinite(x).sum())
+        parts = [_count(nan, "NaN")] * bool(nan) + [_count(inf, "infinite")] * bool(inf)
+        bad.append(f"{key!r} holds {' and '.join(parts)}")
+    if bad:
+        more = f"; and {len(bad) - show} more tensors" if len(bad) > show else ""
+        raise CheckpointError(f"{source}: {'; '.join(bad[:show])}{more} (a model with them gives NaN scores)")
+    scale = state.get("logit_scale")
+    if scale is not None and np.asarray(scale).size == 1:
+        with np.errstate(over="ignore"):
+            temperature = np.exp(np.asarray(scale, np.float32))
+        if not np.isfinite(temperature).all():
+            raise CheckpointError(
+                f"{source}: 'logit_scale' is {float(np.asarray(scale).reshape(-1)[0])}, so the temperature "
+                "exp(logit_scale) overflows to inf (a model with it gives NaN scores)"
+            )
 
 
 def read_weights(directory: Path) -> dict[str, np.ndarray]:
@@ -66,7 +101,14 @@ def read_weights(directory: Path) -> dict[str, np.ndarray]:
     if (directory / WEIGHTS).is_file():
         return _read_safetensors(directory / WEIGHTS)
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            meta = json.loads(index.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{index}: cannot read it as JSON ({e})") from None
+        weight_map = meta.get("weight_map") if isinstance(meta, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: 'weight_map' must be a JSON object of tensor name to file name")
+        shards = sorted(set(weight_map.values()))
         state: dict[str, np.ndarray] = {}
         for shard in shards:
             state.update(_read_safetensors(directory / shard))
@@ -163,8 +205,9 @@ def load(name_or_path: str | os.PathLike, *, dtype: str = "float32") -> Model:
     Raises:
       ModelNotFoundError: the name is not found locally and cannot be downloaded; the message says
         what to download and where to put it.
-      CheckpointError: the checkpoint is incomplete or does not match its config (the message names
-        each missing, left-over or mis-shaped tensor).
+      CheckpointError: the checkpoint is incomplete, malformed or unusable: a config value of the
+        wrong type or out of range (the message names the file and the key), a missing, left-over or
+        mis-shaped tensor, or a tensor holding NaN or infinite values (each named).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -172,7 +215,9 @@ def load(name_or_path: str | os.PathLike, *, dtype: str = "float32") -> Model:
     config = read_config(directory)
     state = read_weights(directory)
     host = params_from_state_dict(state, config, source=str(directory))
-    fp = fingerprint(config, host)
+    tokenizer = _load_tokenizer(directory, config)
+    processing = read_processing(directory, config.vision.image_size)
+    fp = fingerprint(config, host, processing=processing, tokenizer=tokenizer)
     params = jax.tree.map(jnp.asarray, host)
     if dtype != "float32":
         params = clip.cast_params(params, DTYPES[dtype])
@@ -180,8 +225,8 @@ def load(name_or_path: str | os.PathLike, *, dtype: str = "float32") -> Model:
         name=str(name_or_path),
         config=config,
         params=params,
-        tokenizer=_load_tokenizer(directory, config),
-        processing=read_processing(directory, config.vision.image_size),
+        tokenizer=tokenizer,
+        processing=processing,
         fingerprint=fp,
         directory=directory,
     )
