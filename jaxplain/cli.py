@@ -1,18 +1,26 @@
 """The ``jaxplain`` command line.
 
-Each sub-command lives in its own module with a ``register(subparsers)`` function. Errors the user
-can fix (:class:`~jaxplain.errors.JaxplainError`) print one clear message, without a traceback, and
-exit 2. Batch commands report bad items by name, finish the good ones, and exit 1 if any item failed.
+Each sub-command lives in its own module with a ``register(subparsers)`` function. The exit status
+means one thing each:
+
+- 0: every item was done;
+- 1: the job finished and wrote every good item; the bad items, each named on stderr with its reason
+  (and in the output where the command has a place for it), were skipped;
+- 2: the job failed and wrote nothing: a bad option (argparse's usage errors), model, bank, input file
+  or output, or no memory left; one message says what, without a traceback;
+- 3: an internal error, a bug in jaxplain: one message, and the traceback with ``JAXPLAIN_DEBUG=1``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from jaxplain.commands import bank, classify, demo, embed, evaluate, explain
-from jaxplain.commands.common import EXIT_ERROR
+from jaxplain.commands.common import EXIT_ERROR, EXIT_INTERNAL
 from jaxplain.errors import JaxplainError
 from jaxplain.train import command as train
 
@@ -30,9 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "batch_size", 1) < 1:
-        print("jaxplain: error: --batch-size must be at least 1", file=sys.stderr)
-        return EXIT_ERROR
     try:
         return args.func(args)
     except JaxplainError as e:
@@ -41,6 +46,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jaxplain: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(
+            "jaxplain: error: out of memory; try a smaller --batch-size (or --chunk), or a machine with more memory",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    except OSError as e:
+        # The file system's own errors (a full disk, a file removed while it was read): the user's to fix.
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"jaxplain: error: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as e:
+        if os.environ.get("JAXPLAIN_DEBUG"):
+            traceback.print_exc()
+        print(
+            f"jaxplain: internal error: {type(e).__name__}: {e} (a bug in jaxplain; "
+            f"{'the traceback is above' if os.environ.get('JAXPLAIN_DEBUG') else 'JAXPLAIN_DEBUG=1 shows where'})",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -172,6 +172,22 @@ def retrieval_level(query: np.ndarray, bank: np.ndarray, k: int, exclude: int | 
     return float(retrieval_levels(np.asarray(query)[None], bank, np.asarray([k]), excl)[0])
 
 
+_DECIMAL = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+_WHOLE = re.compile(r"^\d+$")
+
+
+def _read_number(value: str, text: str, whole: bool = False) -> float:
+    """The number of a wanted outcome's text (a decimal such as ``0.9``, ``-.25`` or ``1e-3``; a whole number
+    for ``top:K``); anything else, ``inf`` and ``nan`` included, is an :class:`InputError` that quotes it."""
+    v = value.strip()
+    if not v:
+        raise InputError(f"wanted outcome {text!r}: a number is missing at the end")
+    if not (_WHOLE if whole else _DECIMAL).match(v):
+        expected = "a whole number such as 5" if whole else "a decimal number such as 0.9"
+        raise InputError(f"wanted outcome {text!r}: {v!r} is not {expected}")
+    return float(v)
+
+
 @dataclasses.dataclass(frozen=True)
 class Want:
     """A wanted outcome as a user states it; :meth:`parse` reads the text form.
@@ -197,10 +213,10 @@ class Want:
         (re.compile(r"^class:(?P<name>.+)$"), "class"),
         (re.compile(r"^other-class$"), "other-class"),
         (re.compile(r"^runner-up$"), "runner-up"),
-        (re.compile(r"^prob:(?P<name>.+?)\s*(?P<op>>=|<=)\s*(?P<value>[-+.\deE]+)$"), "prob"),
-        (re.compile(r"^similarity\s*(?P<op>>=|<=)\s*(?P<value>[-+.\deE]+)$"), "similarity"),
-        (re.compile(r"^top:(?P<value>\d+)$"), "top"),
-        (re.compile(r"^not-top:(?P<value>\d+)$"), "not-top"),
+        (re.compile(r"^prob:(?P<name>.+?)\s*(?P<op>>=|<=)\s*(?P<value>.*)$"), "prob"),
+        (re.compile(r"^similarity\s*(?P<op>>=|<=)\s*(?P<value>.*)$"), "similarity"),
+        (re.compile(r"^top:(?P<value>.*)$"), "top"),
+        (re.compile(r"^not-top:(?P<value>.*)$"), "not-top"),
     )
 
     @classmethod
@@ -213,7 +229,8 @@ class Want:
             m = pattern.match(t)
             if m:
                 g = m.groupdict()
-                want = cls(kind, g.get("name"), g.get("op"), float(g["value"]) if g.get("value") else None)
+                value = None if "value" not in g else _read_number(g["value"], text, whole=kind in ("top", "not-top"))
+                want = cls(kind, g.get("name"), g.get("op"), value)
                 want._check(text)
                 return want
         raise InputError(

@@ -57,9 +57,14 @@ def prompts(class_names: Sequence[str], templates: Sequence[str]) -> list[str]:
     for t in templates:
         if "{}" not in t:
             raise InputError(f"template {t!r} has no '{{}}' for the class name")
+    seen: dict[str, int] = {}
     for i, c in enumerate(class_names):
         if not isinstance(c, str) or not c.strip():
             raise InputError(f"class name {i} ({c!r}) is empty")
+        if c in seen:
+            # Two classes of one name would split its probability, and a class outcome could name neither.
+            raise InputError(f"class name {c!r} is given twice (classes {seen[c]} and {i}); class names must differ")
+        seen[c] = i
     return [t.format(c) for c in class_names for t in templates]
 
 

@@ -68,7 +68,7 @@ def test_embed_texts_with_an_empty_and_a_long_line(tiny_model, tmp_path, capsys)
         (["--model", str(TINY), "--images", "/no/such/dir"], "/no/such/dir: no such file or directory"),
         (
             ["--model", str(TINY), "--texts", "/no/such/file.txt"],
-            "/no/such/file.txt: cannot read texts from it as UTF-8",
+            "/no/such/file.txt: no such file (of texts)",
         ),
     ],
 )

@@ -8,7 +8,7 @@ import sys
 import time
 import warnings
 
-from jaxplain.commands.common import EXIT_BAD_ITEMS, EXIT_OK, read_lines, report
+from jaxplain.commands.common import EXIT_BAD_ITEMS, EXIT_OK, fraction, positive_int, read_lines, report
 from jaxplain.errors import InputError
 
 SHARD_SIZE = 100_000
@@ -115,10 +115,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         choices=["auto", "scann", "exact"],
         help="nearest-neighbour index: exact top-k, ScaNN, or auto (exact for small banks; default)",
     )
-    b.add_argument("--batch-size", type=int, default=64, help="items per forward pass (default 64)")
+    b.add_argument("--batch-size", type=positive_int, default=64, help="items per forward pass (default 64)")
     b.add_argument(
         "--shard-size",
-        type=int,
+        type=positive_int,
         default=SHARD_SIZE,
         help=f"items per shard (default {SHARD_SIZE:,}): more items than this make a directory of shards, each "
         "saved as soon as it is done, so a killed build run again resumes at the first unfinished shard; with "
@@ -126,7 +126,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--recall",
-        type=float,
+        type=fraction,
         help="with ScaNN shards: choose each shard's leaves to search for this recall@64 on counterfactual-like "
         "queries (e.g. 0.95), instead of the size rule",
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxplain.assets import DEFAULT_MODEL
-from jaxplain.commands.common import EXIT_BAD_ITEMS, EXIT_OK, encode_stream, read_lines, report
+from jaxplain.commands.common import EXIT_BAD_ITEMS, EXIT_OK, encode_stream, positive_int, read_lines, report
 from jaxplain.errors import InputError
 
 
@@ -33,9 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--classes", help="comma-separated class names (default: the Fashion-MNIST classes)")
     p.add_argument("--classes-file", help="a text file of class names, one per line")
     p.add_argument("--templates-file", help="prompt templates with {} for the class name, one per line")
-    p.add_argument("--limit", type=int, help="classify only the first N images")
+    p.add_argument("--limit", type=positive_int, help="classify only the first N images")
     p.add_argument("--out", required=True, help="output .jsonl file")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
     p.set_defaults(func=run)
     return p
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -11,16 +13,81 @@ from jaxplain.errors import InputError
 __all__ = [
     "EXIT_BAD_ITEMS",
     "EXIT_ERROR",
+    "EXIT_INTERNAL",
     "EXIT_OK",
     "add_model_and_items",
     "encode_stream",
+    "fraction",
+    "non_negative_float",
+    "non_negative_int",
     "npy_path",
+    "positive_float",
+    "positive_int",
+    "probability",
     "progress",
     "read_lines",
     "report",
 ]
 
-EXIT_OK, EXIT_BAD_ITEMS, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_BAD_ITEMS, EXIT_ERROR, EXIT_INTERNAL = 0, 1, 2, 3
+"""Exit statuses. 0: every item done. 1: the job finished, and the bad items it names were skipped (the
+good ones are written). 2: the job failed and wrote nothing (a bad option, model, bank or output; the
+message says what); argparse's own usage errors are 2 too. 3: an internal error (a bug in jaxplain)."""
+
+
+def _number(text: str, kind, what: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    n = _number(text, int, "a whole number")
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number of at least 0."""
+    n = _number(text, int, "a whole number")
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {n}")
+    return n
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    x = _number(text, float, "a number")
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return x
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number of at least 0."""
+    x = _number(text, float, "a number")
+    if not (math.isfinite(x) and x >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
+    return x
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a share in (0, 1]."""
+    x = _number(text, float, "a number")
+    if not 0 < x <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
+    return x
+
+
+def probability(text: str) -> float:
+    """An argparse type: a probability in [0, 1]."""
+    x = _number(text, float, "a number")
+    if not 0 <= x <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return x
 
 
 def add_model_and_items(p) -> None:
@@ -46,8 +113,8 @@ def npy_path(out: str) -> Path:
 
 
 def read_lines(path: str | Path, what: str) -> list[str]:
-    """The lines of a UTF-8 text file (an unreadable file is an :class:`InputError` naming it)."""
-    try:
-        return Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read {what} from it as UTF-8 text ({e})") from None
+    """The lines of a UTF-8 text file, split on newlines only (:func:`jaxplain.data.lines.read_lines`); an
+    unreadable file or a line that is not UTF-8 is an :class:`InputError` naming it."""
+    from jaxplain.data.lines import read_lines as read
+
+    return read(path, what)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from jaxplain.assets import DEFAULT_MODEL
-from jaxplain.commands.common import EXIT_OK, read_lines
+from jaxplain.commands.common import EXIT_OK, non_negative_int, positive_int, read_lines
 from jaxplain.errors import InputError
 
 
@@ -32,8 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--classes", help="comma-separated class names (needed with --images)")
     p.add_argument("--texts", metavar="FILE", help="your own caption bank, one caption per line")
     p.add_argument("--bank", metavar="BANK", help="a saved image bank (`jaxplain bank build`) to retrieve from")
-    p.add_argument("--n", type=int, default=8, help="images to explain (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="which images are drawn (default 0)")
+    p.add_argument("--n", type=positive_int, default=8, help="images to explain (default 8)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="which images are drawn (default 0)")
     p.set_defaults(func=run)
     return p
 

@@ -16,9 +16,10 @@ from jaxplain.commands.common import (
     EXIT_OK,
     encode_stream,
     npy_path,
-    read_lines,
+    positive_int,
     report,
 )
+from jaxplain.data.lines import read_items
 from jaxplain.errors import InputError
 
 
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_inputs(p)
     p.add_argument("--out", required=True, help="output .npy file")
-    p.add_argument("--batch-size", type=int, default=64, help="items per forward pass (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="items per forward pass (default 64)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute dtype")
     p.set_defaults(func=run)
     return p
@@ -68,12 +69,18 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         path = Path(args.texts)
-        items = read_lines(path, "texts")
+        items, problems = read_items(path, "texts")
+
+        def prepare(i: int):
+            if i + 1 in problems:
+                raise InputError(problems[i + 1])
+            return model.tokenizer.pad(model.tokenizer.ids(items[i], f"{path}:{i + 1}"))
+
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             emb, kept, errors = encode_stream(
                 len(items),
-                lambda i: model.tokenizer.pad(model.tokenizer.ids(items[i], f"{path}:{i + 1}")),
+                prepare,
                 lambda i: f"{path}:{i + 1}",
                 lambda x: model.encode_ids(x, args.batch_size),
                 args.batch_size,

@@ -18,7 +18,16 @@ import numpy as np
 
 from jaxplain.assets import DEFAULT_MODEL
 from jaxplain.commands.classify import _class_names
-from jaxplain.commands.common import EXIT_BAD_ITEMS, EXIT_OK, read_lines, report
+from jaxplain.commands.common import (
+    EXIT_BAD_ITEMS,
+    EXIT_OK,
+    fraction,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    read_lines,
+    report,
+)
 from jaxplain.errors import InputError
 
 
@@ -42,12 +51,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--target", help="what is explained (default: prob:predicted with classes, else similarity)")
     p.add_argument("--methods", help="comma-separated methods (default: all methods of the side)")
     p.add_argument("--metrics", help=f"comma-separated metrics (default: {','.join(DEFAULT_METRICS)})")
-    p.add_argument("--limit", type=int, default=100, help="use the first N images (default 100)")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"deletion/insertion steps (default {d.steps})")
-    p.add_argument("--fraction", type=float, default=d.fraction, help="share of features perturbed (default 1)")
-    p.add_argument("--samples", type=int, default=d.samples, help=f"max-sensitivity samples (default {d.samples})")
-    p.add_argument("--radius", type=float, default=d.radius, help=f"max-sensitivity noise (default {d.radius})")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed for noise and randomised weights")
+    p.add_argument("--limit", type=positive_int, default=100, help="use the first N images (default 100)")
+    p.add_argument("--steps", type=positive_int, default=d.steps, help=f"deletion/insertion steps (default {d.steps})")
+    p.add_argument("--fraction", type=fraction, default=d.fraction, help="share of features perturbed (default 1)")
+    p.add_argument(
+        "--samples", type=positive_int, default=d.samples, help=f"max-sensitivity samples (default {d.samples})"
+    )
+    p.add_argument(
+        "--radius", type=positive_float, default=d.radius, help=f"max-sensitivity noise (default {d.radius})"
+    )
+    p.add_argument("--seed", type=non_negative_int, default=d.seed, help="seed for noise and randomised weights")
     p.add_argument(
         "--option",
         action="append",

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxplain.commands.common import EXIT_BAD_ITEMS, EXIT_OK
+from jaxplain.commands.common import EXIT_BAD_ITEMS, EXIT_OK, positive_int
 from jaxplain.errors import InputError, JaxplainError
 
 SHIPPED_PREFIX = "fashion-mnist-test:"
@@ -63,7 +63,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "with the same options resumes where it stopped",
     )
     p.add_argument(
-        "--chunk", type=int, default=4096, help="pairs read, explained and written at once (one part; default 4096)"
+        "--chunk",
+        type=positive_int,
+        default=4096,
+        help="pairs read, explained and written at once (one part; default 4096)",
     )
     p.add_argument("--want", help="the wanted outcome of the lines that give none (e.g. other-class)")
     p.add_argument("--classes", help="comma-separated class names for the lines that give none")
@@ -89,8 +92,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="join a multi-process job (jax.distributed.initialize: a cluster's settings are detected, or set "
         "JAXPLAIN_COORDINATOR, JAXPLAIN_NUM_PROCESSES and JAXPLAIN_PROCESS_ID); each process explains its own parts",
     )
-    p.add_argument("--k", type=int, default=64, help="neighbours retrieved per query (default 64)")
-    p.add_argument("--top", type=int, default=3, help="counterfactuals kept per pair (default 3)")
+    p.add_argument("--k", type=positive_int, default=64, help="neighbours retrieved per query (default 64)")
+    p.add_argument("--top", type=positive_int, default=3, help="counterfactuals kept per pair (default 3)")
     p.add_argument(
         "--search",
         choices=["auto", "index", "exhaustive"],
@@ -120,9 +123,21 @@ def _resolve_image(ref: Any, base: Path, shipped) -> Any:
 
 
 def _parse_pair(
-    rec: dict, where: str, base: Path, model, shipped, defaults: dict, strict: bool, checked: set | None = None
+    rec: dict,
+    where: str,
+    base: Path,
+    model,
+    shipped,
+    defaults: dict,
+    strict: bool,
+    checked: set | None = None,
+    bank_size=None,
 ) -> dict:
     """One valid pair, decoded and checked; any problem raises InputError naming ``where``.
+
+    Everything that can be checked for one line alone is checked here, before the lines are grouped, so that
+    a bad line is an error of its own and never of the group it would join. ``bank_size``: side → the number
+    of items of that side's bank (``top:K`` must rank fewer).
 
     ``strict``: unknown fields are an error (JSON lines); the metadata of tar samples and parquet rows
     carries fields of its own (url, width, ...), which are ignored.
@@ -131,6 +146,7 @@ def _parse_pair(
     from jaxplain.zeroshot import DEFAULT_TEMPLATES, prompts
 
     checked = set() if checked is None else checked
+    context_size = bank_size or (lambda side: float("inf"))
     unknown = sorted(set(rec) - FIELDS)
     if unknown and strict:
         raise InputError(f"{where}: unknown field(s) {', '.join(unknown)}; the fields are {', '.join(sorted(FIELDS))}")
@@ -168,8 +184,12 @@ def _parse_pair(
                 checked.add(key)
             if want.name is not None and want.name not in classes:
                 raise InputError(f"unknown class {want.name!r}; the classes are {', '.join(classes)}")
-            if want.kind == "runner-up" and len(classes) < 2:
-                raise InputError("runner-up needs at least two classes")
+            if want.kind in ("runner-up", "other-class") and len(classes) < 2:
+                raise InputError(f"{want} needs at least two classes; the pair has one ({classes[0]!r})")
+        if want.kind in ("top", "not-top"):
+            size = context_size(side)
+            if want.value >= size:
+                raise InputError(f"'{want}' ranks among the {side} bank's {size:,} items: k must be below {size:,}")
         text = rec.get("text")
         if (side == "text" or not want.needs_classes) and not (isinstance(text, str) and text.strip()):
             raise InputError(f"'{want}' on the {side} side needs a non-empty 'text'")
@@ -227,7 +247,8 @@ def read_pairs(shard, context: dict) -> tuple[list[dict], list[tuple[int, dict]]
                 rec.update({k: v for k, v in (("image", record.image), ("text", record.text)) if v is not None})
             try:
                 pair = _parse_pair(rec, where, context["base"], context["model"], context["shipped"],
-                                   context["defaults"], shard.kind == "jsonl", context["checked"])  # fmt: skip
+                                   context["defaults"], shard.kind == "jsonl", context["checked"],
+                                   lambda side: context["banks"][side].size)  # fmt: skip
                 good.append((len(results), {**pair, "label": label, "where": where}))
                 results.append({})
             except InputError as e:
@@ -270,9 +291,32 @@ def explain_pairs(results: list[dict], good: list[tuple[int, dict]], context: di
             continue
         for (slot, p), r in zip(members, res.pairs):
             label = p["label"]
-            results[slot] = {**{k: v for k, v in label.items() if k != "pair"}, "id": p["id"], **r.to_record()}
+            record = r.to_record()
+            bad = _non_finite(record)
+            if bad is not None:
+                results[slot] = {**label, "status": "error", "error": f"{p['where']}: the model gave a non-finite "
+                                 f"{bad} (NaN or infinity) for this pair; nothing was written for it"}  # fmt: skip
+                continue
+            results[slot] = {**{k: v for k, v in label.items() if k != "pair"}, "id": p["id"], **record}
             results[slot]["pair"] = label["pair"]
     return results
+
+
+def _non_finite(value, key: str | None = None) -> str | None:
+    """The key of the first NaN or infinite number in a result (nested lists and dicts), or None."""
+    if isinstance(value, float):
+        return None if np.isfinite(value) else key or "value"
+    if isinstance(value, dict):
+        value = value.items()
+    elif isinstance(value, (list, tuple)):
+        value = ((key, v) for v in value)
+    else:
+        return None
+    for k, v in value:
+        found = _non_finite(v, k)
+        if found is not None:
+            return found
+    return None
 
 
 def _summary(records: list[dict]) -> dict[str, int]:

@@ -197,6 +197,10 @@ def build_problem(
     if u0 is None or len(u0) != n:
         raise InputError(f"side={side!r} needs {n} {'images' if side == 'image' else 'texts'}")
     class_names = list(classes) if needs_classes else None
+    if class_names is not None and len(class_names) < 2:
+        single = [i for i, w in enumerate(wants) if w.kind in ("other-class", "runner-up")]
+        if single:
+            raise InputError(f"pair {single[0]}: {wants[single[0]]} needs at least two classes; one was given")
     cls_emb = class_embeddings(model, class_names, templates) if needs_classes else u0[:1]
     scale = model.logit_scale
     order = _top_classes(u0, cls_emb)
@@ -365,6 +369,10 @@ def counterfactuals(
     exhaustive_budget, rescue_budget = search_budgets()
     if search == "auto":
         search = "exhaustive" if n * bank.size <= exhaustive_budget else "index"
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+        raise InputError(f"top must be a whole number of at least 1, got {top!r}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"k must be a whole number of at least 1, got {k!r}")
     top = min(top, bank.size - 1)
     timings: dict[str, float] = {}
     t = time.perf_counter()

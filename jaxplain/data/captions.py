@@ -179,4 +179,6 @@ def read_bank(path: str | Path | None = None) -> list[str]:
         from jaxplain.data.fashion_mnist import shipped_dir
 
         path = shipped_dir() / "captions.txt"
-    return [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    from jaxplain.data.lines import read_lines
+
+    return [line for line in read_lines(path, "captions") if line.strip()]

@@ -13,6 +13,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from jaxplain.commands.common import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 from jaxplain.train.loop import TrainConfig
 
 _DEFAULTS = TrainConfig()
@@ -35,17 +42,19 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", help="where to write training checkpoints (default OUT/checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint, if any")
     p.add_argument("--preset", default="small", help="model size: tiny, small or base (default small)")
-    p.add_argument("--merges", type=int, default=8000, help="BPE merges kept in the vocabulary (default 8000)")
-    p.add_argument("--context", type=int, default=32, help="text context length of the model (default 32)")
-    p.add_argument("--steps", type=int, default=_DEFAULTS.steps)
-    p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
-    p.add_argument("--lr", type=float, default=_DEFAULTS.learning_rate, help="peak learning rate")
-    p.add_argument("--warmup", type=int, default=_DEFAULTS.warmup_steps, help="warm-up steps")
-    p.add_argument("--weight-decay", type=float, default=_DEFAULTS.weight_decay)
-    p.add_argument("--max-shift", type=int, default=_DEFAULTS.max_shift, help="random translation in pixels")
-    p.add_argument("--flip", type=float, default=_DEFAULTS.flip, help="probability of a horizontal flip")
-    p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
-    p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")
+    p.add_argument("--merges", type=positive_int, default=8000, help="BPE merges kept in the vocabulary (default 8000)")
+    p.add_argument("--context", type=positive_int, default=32, help="text context length of the model (default 32)")
+    p.add_argument("--steps", type=positive_int, default=_DEFAULTS.steps)
+    p.add_argument("--batch-size", type=positive_int, default=_DEFAULTS.batch_size)
+    p.add_argument("--lr", type=positive_float, default=_DEFAULTS.learning_rate, help="peak learning rate")
+    p.add_argument("--warmup", type=non_negative_int, default=_DEFAULTS.warmup_steps, help="warm-up steps")
+    p.add_argument("--weight-decay", type=non_negative_float, default=_DEFAULTS.weight_decay)
+    p.add_argument(
+        "--max-shift", type=non_negative_int, default=_DEFAULTS.max_shift, help="random translation in pixels"
+    )
+    p.add_argument("--flip", type=probability, default=_DEFAULTS.flip, help="probability of a horizontal flip")
+    p.add_argument("--seed", type=non_negative_int, default=_DEFAULTS.seed)
+    p.add_argument("--checkpoint-every", type=positive_int, default=200, help="steps between checkpoints (default 200)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
