@@ -304,8 +304,9 @@ class ImageProcessing:
         if not isinstance(d, dict):
             raise CheckpointError(f"{source}: must be a JSON object of settings, got {_json_kind(d)}")
 
-        def bad(key: str, want: str) -> CheckpointError:
-            return CheckpointError(f"{source}: {key!r} must be {want}, got {_show(d[key])}")
+        def bad(key: str, want: str, value: Any = None) -> CheckpointError:
+            got = d[key] if key in d else value  # absent: the model's image size stood in for it
+            return CheckpointError(f"{source}: {key!r} must be {want}, got {_show(got)}")
 
         kw: dict[str, Any] = {}
         size = d["size"] if d.get("size") is not None else image_size
@@ -316,14 +317,14 @@ class ImageProcessing:
         elif isinstance(size, dict) and _positive_int(size.get("height")) and _positive_int(size.get("width")):
             kw.update(shortest_edge=None, height=size["height"], width=size["width"])
         else:
-            raise bad("size", "a positive integer, {shortest_edge} or {height, width}")
+            raise bad("size", "a positive integer, {shortest_edge} or {height, width}", size)
         crop = d["crop_size"] if d.get("crop_size") is not None else image_size
         if _positive_int(crop):
             kw["crop"] = (crop, crop)
         elif isinstance(crop, dict) and _positive_int(crop.get("height")) and _positive_int(crop.get("width")):
             kw["crop"] = (crop["height"], crop["width"])
         else:
-            raise bad("crop_size", "a positive integer or {height, width}")
+            raise bad("crop_size", "a positive integer or {height, width}", crop)
         for key, field, positive in (("image_mean", "mean", False), ("image_std", "std", True)):
             if d.get(key) is None:
                 continue
