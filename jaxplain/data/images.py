@@ -305,7 +305,7 @@ class ImageProcessing:
             raise CheckpointError(f"{source}: must be a JSON object of settings, got {_json_kind(d)}")
 
         def bad(key: str, want: str, value: Any = None) -> CheckpointError:
-            got = d[key] if key in d else value  # absent: the model's image size stood in for it
+            got = d[key] if d.get(key) is not None else value  # absent or null: the model's image size stood in
             return CheckpointError(f"{source}: {key!r} must be {want}, got {_show(got)}")
 
         kw: dict[str, Any] = {}
