@@ -81,6 +81,12 @@ def class_embeddings(
     cache = model.text_cache
     if key not in cache:
         emb = model.encode_texts(texts)
+        bad = ~np.isfinite(np.asarray(emb)).all(axis=1)
+        if bad.any():
+            raise InputError(
+                f"the model gave a non-finite embedding (NaN/inf) for the prompt {texts[int(np.argmax(bad))]!r}"
+                + (f" and {int(bad.sum()) - 1} more" if bad.sum() > 1 else "")
+            )
         if len(cache) >= CLASS_CACHE_SIZE:
             cache.pop(next(iter(cache)))  # the oldest
         cache[key] = np.asarray(ensemble(emb.reshape(len(class_names), len(templates), -1)))

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from jaxplain.assets import DEFAULT_MODEL
-from jaxplain.commands.common import EXIT_OK, non_negative_int, positive_int, read_lines
+from jaxplain.commands.common import EXIT_BAD_ITEMS, EXIT_OK, non_negative_int, positive_int, read_lines, report
 from jaxplain.errors import InputError
 
 
@@ -74,6 +74,13 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--n must be at least 1")
     data = _data(args)
     model = load(args.model)
+    errors: list[dict] = []
+    if args.images:
+        data, errors = _readable(data, model)
+        report(errors)
+        if not data.images:
+            print(f"jaxplain: no image could be read ({len(errors)} bad); nothing written", file=sys.stderr)
+            return EXIT_BAD_ITEMS
     bank = None
     if args.bank:
         from jaxplain.counterfactual import Bank
@@ -104,4 +111,20 @@ def run(args: argparse.Namespace) -> int:
         f"report: {out / 'report.html'}",
         file=sys.stderr,
     )
-    return EXIT_OK
+    return EXIT_BAD_ITEMS if errors else EXIT_OK
+
+
+def _readable(data, model):
+    """The demo's data less the images that cannot be read (each decoded once here, in a bounded size), and
+    those images as ``{"item", "error"}`` records."""
+    from jaxplain.demo import DemoData
+
+    keep, errors = [], []
+    for f, name in zip(data.images, data.names):
+        try:
+            model.processing.pixels(f, str(f))
+            keep.append((f, name))
+        except InputError as e:
+            errors.append({"item": str(f), "error": str(e).removeprefix(f"{f}: ")})
+    images, names = [f for f, _ in keep], [n for _, n in keep]
+    return DemoData(images, names, data.classes, data.captions, data.labels), errors
