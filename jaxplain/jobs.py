@@ -19,18 +19,20 @@ multi-process job (:func:`parts_for_process`), so processes never write the same
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from jaxplain.errors import InputError
+from jaxplain.outputs import acquire_lock, json_line, remove_stale_many, write_bytes, write_json
+from jaxplain.outputs import fsync_dir as fsync_dir  # re-exported: callers import it from here
 
 JOB_FILE = "job.json"
+LOCK_FILE = ".lock"
 MANIFEST_FILE = "manifest.json"
 DONE_SUFFIX = ".done"
 FORMAT = "jaxplain-job"
@@ -56,37 +58,19 @@ def parts_for_process(total: int, process_index: int, process_count: int) -> lis
     return list(range(process_index, total, process_count))
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (where the file system can sync a directory)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` whole or not at all: a temporary sibling, fsync, rename, fsync the directory."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    """Write ``data`` to ``path`` whole or not at all (:func:`jaxplain.outputs.write_bytes`: a temporary
+    sibling, fsync, rename, fsync the directory; an ``OSError`` is an ``OutputError`` and nothing is written)."""
+    write_bytes(path, data)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _this_process() -> tuple[int, int]:
+    """``(index, count)`` of this process: from ``jax.distributed`` when a program initialized it, else ``(0, 1)``
+    (without importing JAX, or starting its backend, for a program that never did)."""
+    jax = sys.modules.get("jax")
+    if jax is None or not jax.distributed.is_initialized():
+        return 0, 1
+    return jax.process_index(), jax.process_count()
 
 
 def canonical(config: dict[str, Any]) -> str:
@@ -113,34 +97,97 @@ class JobDir:
     Opening it writes ``job.json`` (or checks that the one there holds the same configuration: another
     configuration raises :class:`~jaxplain.errors.InputError` listing the differences). A directory that
     holds files but no ``job.json`` is refused, so a mistyped path never mixes a job into other files.
+
+    For the job's life (until :meth:`close`, the end of a ``with`` block, or the object's collection) it
+    holds a lock in the directory (:func:`jaxplain.outputs.acquire_lock`), so a second run writing the
+    same directory is refused with :class:`~jaxplain.errors.OutputError` naming the first run's pid. In a
+    multi-process job each process holds its own lock (``.lock`` for process 0, ``.lock-N`` for process
+    N), so the processes of one job work together and a second job is refused by any of them. Once locked,
+    it removes the temporaries that a killed run left of its files (of this process's parts only, in a
+    multi-process job, since the other processes may be writing theirs); they are listed in ``removed``.
+
+    Args:
+      process: ``(index, count)`` of this process in its job; default: from ``jax.distributed`` when it
+        was initialized, else ``(0, 1)``.
+      lock: whether to lock the directory (True by default).
     """
 
-    def __init__(self, directory: str | os.PathLike, config: dict[str, Any], total: int):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        config: dict[str, Any],
+        total: int,
+        *,
+        process: tuple[int, int] | None = None,
+        lock: bool = True,
+    ):
         self.directory = Path(directory)
         self.total = int(total)
         self.config = {"format": FORMAT, "version": VERSION, "parts": self.total, **config}
+        self.process = _this_process() if process is None else (int(process[0]), int(process[1]))
+        self.removed: list[Path] = []
+        self._lock = None
         d = self.directory
         if d.exists() and not d.is_dir():
             raise InputError(f"{d}: exists and is not a directory")
         d.mkdir(parents=True, exist_ok=True)
         job = d / JOB_FILE
-        if job.is_file():
-            try:
-                old = json.loads(job.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise InputError(f"{job}: unreadable ({e})") from None
-            if canonical(old) != canonical(self.config):
-                diff = "; ".join(_differences(old, self.config)) or "the configuration"
-                raise InputError(
-                    f"{d}: holds the output of another job ({diff}); use another output directory, or the "
-                    "same options to resume that job"
-                )
-        else:
-            visible = [p.name for p in d.iterdir() if not p.name.startswith(".")]
-            if visible:
-                raise InputError(f"{d}: not empty and not a jaxplain job ({', '.join(sorted(visible)[:3])}, ...)")
-            with contextlib.suppress(FileExistsError):  # several processes may open a new job at once
-                write_atomic(job, (json.dumps(self.config, indent=1, ensure_ascii=False) + "\n").encode())
+        if not job.is_file():
+            self._refuse_foreign()  # before the lock file is made there
+        if lock:
+            index = self.process[0]
+            name = LOCK_FILE if index == 0 else f"{LOCK_FILE}-{index}"
+            self._lock = acquire_lock(d / name, str(d), "wait for it to finish or choose another output directory")
+        try:
+            if job.is_file():
+                try:
+                    old = json.loads(job.read_text(encoding="utf-8"))
+                except (OSError, ValueError) as e:
+                    raise InputError(f"{job}: unreadable ({e})") from None
+                if canonical(old) != canonical(self.config):
+                    diff = "; ".join(_differences(old, self.config)) or "the configuration"
+                    raise InputError(
+                        f"{d}: holds the output of another job ({diff}); use another output directory, or the "
+                        "same options to resume that job"
+                    )
+            else:
+                self._refuse_foreign()
+                write_json(job, self.config)
+            if lock:
+                self.removed = remove_stale_many(d, self._own_names())
+        except BaseException:
+            self.close()
+            raise
+
+    def _refuse_foreign(self) -> None:
+        visible = [p.name for p in self.directory.iterdir() if not p.name.startswith(".")]
+        if visible and not (self.directory / JOB_FILE).is_file():
+            raise InputError(
+                f"{self.directory}: not empty and not a jaxplain job ({', '.join(sorted(visible)[:3])}, ...)"
+            )
+
+    def _own_names(self) -> list[str]:
+        """The files whose temporaries this process may remove: all of the job's alone, else its own parts'."""
+        index, count = self.process
+        parts = range(self.total) if count == 1 else parts_for_process(self.total, index, count)
+        names = [n for i in parts for n in (part_name(i, self.total), part_name(i, self.total) + DONE_SUFFIX)]
+        if count == 1:
+            names.append(JOB_FILE)
+        if index == 0:
+            names.append(MANIFEST_FILE)
+        return names
+
+    def close(self) -> None:
+        """Release the directory's lock (and remove its lock file); the job's files stay."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
+    def __enter__(self) -> JobDir:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def path(self, index: int) -> Path:
         """The path of part ``index``."""
@@ -170,17 +217,20 @@ class JobDir:
 
         ``summary`` (counts, e.g. by status) is kept in the marker, so that a resumed job can report the
         whole job without reading the finished parts again. Records are serialised strictly
-        (``allow_nan=False``): a NaN or infinity is a ``ValueError`` here, never an invalid line in the output.
+        (:func:`jaxplain.outputs.json_line`): a NaN or infinity is a :class:`~jaxplain.outputs.NotFiniteError`
+        (a ``ValueError``) naming the part, the record and the key ("PART: record 2: score is NaN; ..."), and
+        the part is not written: never an invalid line in the output.
         """
         if not 0 <= index < self.total:
             raise ValueError(f"part {index} of {self.total}")
-        data = b"".join((json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8") for r in records)
         path = self.path(index)
+        lines = [json_line(r, where=f"{path}: record {n}") + "\n" for n, r in enumerate(records, 1)]
+        data = "".join(lines).encode("utf-8")
         write_atomic(path, data)
         meta = {"part": index, "records": data.count(b"\n"), "bytes": len(data), "blake2b": _digest(data)}
         if summary is not None:
             meta["summary"] = summary
-        write_atomic(self._marker(index), (json.dumps(meta) + "\n").encode())
+        write_json(self._marker(index), meta, indent=None)
         return meta
 
     def records(self, index: int) -> Iterator[dict[str, Any]]:
@@ -222,7 +272,7 @@ class JobDir:
             "files": [{"name": part_name(m["part"], self.total), **m} for m in markers],
         }
         path = self.directory / MANIFEST_FILE
-        write_atomic(path, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode())
+        write_json(path, manifest)
         return path
 
 

@@ -56,8 +56,12 @@ def test_job_dir_writes_skips_and_refuses(tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="not empty and not a jaxplain job"):
         JobDir(tmp_path / "other", config, 3)
-    with pytest.raises(ValueError, match="not JSON compliant"):
-        again.write(1, [{"x": float("nan")}])
+    part = again.path(1)
+    before = part.read_bytes()
+    with pytest.raises(ValueError) as e:
+        again.write(1, [{"x": 1.0}, {"x": float("nan")}])
+    assert str(e.value) == f"{part}: record 2: x is NaN; only finite numbers can be written"
+    assert part.read_bytes() == before and again.done(1)  # the finished part is untouched
 
 
 def _pairs(path, n):
