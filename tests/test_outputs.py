@@ -417,3 +417,17 @@ def test_job_dir_processes_of_one_job_share_it(tmp_path):
     zero.close()
     one.close()
     assert _listing(d) == ["job.json"]
+
+
+def test_file_system_without_flock_goes_on_unlocked_with_a_warning(tmp_path, monkeypatch):
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr("fcntl.flock", no_flock)
+    out = tmp_path / "results.jsonl"
+    with pytest.warns(UserWarning) as w, lock_output(out):
+        write_text(out, "done\n")
+    assert [str(x.message) for x in w] == [
+        f"--out {out}: cannot lock it (No locks available); going on unlocked, so make sure no other run writes it"
+    ]
+    assert out.read_text() == "done\n"
