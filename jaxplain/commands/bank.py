@@ -147,15 +147,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build(args: argparse.Namespace) -> int:
+    """``bank build``: the output checked before any work and held against other runs for the build."""
+    from jaxplain.commands.common import output
+
+    with output(args.out, kind="directory", lock=not args.distributed):
+        return _build(args)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from jaxplain.commands.common import image_files
     from jaxplain.counterfactual.bank import build_bank
-    from jaxplain.data.images import list_images
     from jaxplain.models import load
 
     start = time.perf_counter()
-    if args.shard_size < 1:
-        raise InputError(f"--shard-size must be at least 1, got {args.shard_size}")
-    if args.recall is not None and not 0 < args.recall <= 1:
-        raise InputError(f"--recall must lie in (0, 1], got {args.recall}")
     if args.metadata is not None and args.precomputed is None:
         raise InputError("--metadata goes with --precomputed")
     if args.distributed:
@@ -170,7 +174,7 @@ def build(args: argparse.Namespace) -> int:
     model = load(args.model)
     if shards is not None:
         return build_from_shards(args, model, shards, start)
-    files = list_images(args.images) if args.images else None
+    files = image_files(args.images) if args.images else None
     if files is not None and not files:
         raise InputError(f"no image files found in {' '.join(args.images)}")
     texts = read_lines(args.texts, "texts") if args.texts else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -11,7 +10,16 @@ from pathlib import Path
 import numpy as np
 
 from jaxplain.assets import DEFAULT_MODEL
-from jaxplain.commands.common import EXIT_BAD_ITEMS, EXIT_OK, encode_stream, positive_int, read_lines, report
+from jaxplain.commands.common import (
+    EXIT_BAD_ITEMS,
+    EXIT_OK,
+    bad_items,
+    encode_stream,
+    output,
+    positive_int,
+    read_lines,
+    report,
+)
 from jaxplain.errors import InputError
 
 
@@ -52,14 +60,14 @@ def _class_names(args: argparse.Namespace) -> list[str] | None:
 
 def _inputs(args: argparse.Namespace):
     """Items, their names, their labels (or None), and the class names."""
+    from jaxplain.commands.common import image_files
     from jaxplain.data import fashion_mnist
-    from jaxplain.data.images import list_images
 
     classes = _class_names(args)
     if args.images:
         if classes is None:
             raise InputError("with --images, name the classes with --classes or --classes-file")
-        files = list_images(args.images)
+        files = image_files(args.images)
         if not files:
             raise InputError(f"no image files found in {' '.join(args.images)}")
         items, names, labels = files, [str(f) for f in files], None
@@ -79,10 +87,18 @@ def _inputs(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from jaxplain.outputs import remove_stale
+
+    with output(args.out) as out:
+        remove_stale(out.with_suffix(".summary.json"))
+        return _run(args, out)
+
+
+def _run(args: argparse.Namespace, out: Path) -> int:
     from jaxplain.models import load
+    from jaxplain.outputs import atomic_writer, json_line, write_json
     from jaxplain.zeroshot import DEFAULT_TEMPLATES, class_embeddings, zero_shot_probs
 
-    out = Path(args.out)
     items, names, labels, classes = _inputs(args)
     templates = read_lines(args.templates_file, "templates") if args.templates_file else list(DEFAULT_TEMPLATES)
     templates = [t for t in templates if t.strip()]
@@ -100,13 +116,11 @@ def run(args: argparse.Namespace) -> int:
     )
     report(errors)
     if emb is None:
-        print(f"jaxplain: no image could be classified ({len(errors)} bad); nothing written", file=sys.stderr)
-        return EXIT_BAD_ITEMS
+        raise InputError(f"no image could be classified ({bad_items(errors)}); nothing written")
     probs = np.asarray(zero_shot_probs(emb, cls_emb, model.logit_scale))
     seconds = time.perf_counter() - start
     pred = probs.argmax(1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as f:
+    with atomic_writer(out, "w") as f:
         for row, i in enumerate(kept):
             top = np.argsort(-probs[row])[:3]
             rec = {
@@ -118,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             if labels is not None:
                 rec["label"] = classes[labels[i]]
                 rec["correct"] = bool(pred[row] == labels[i])
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.write(json_line(rec, where=names[i]) + "\n")
     summary = {
         "model": model.name,
         "fingerprint": model.fingerprint,
@@ -134,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         summary["per_class_accuracy"] = {
             c: float(np.mean(pred[y == k] == k)) for k, c in enumerate(classes) if (y == k).any()
         }
-    out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    write_json(out.with_suffix(".summary.json"), summary)
     print(_summary_text(summary, out), file=sys.stderr)
     return EXIT_BAD_ITEMS if errors else EXIT_OK
 

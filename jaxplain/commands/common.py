@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from jaxplain.batching import encode_stream, progress
-from jaxplain.errors import InputError
 
 __all__ = [
     "EXIT_BAD_ITEMS",
@@ -16,11 +17,13 @@ __all__ = [
     "EXIT_INTERNAL",
     "EXIT_OK",
     "add_model_and_items",
+    "bad_items",
     "encode_stream",
     "fraction",
+    "image_files",
     "non_negative_float",
     "non_negative_int",
-    "npy_path",
+    "output",
     "positive_float",
     "positive_int",
     "probability",
@@ -98,18 +101,51 @@ def add_model_and_items(p) -> None:
     src.add_argument("--texts", metavar="FILE", help="a UTF-8 text file, one text per line")
 
 
+def image_files(paths, shown: int = 20) -> list[Path]:
+    """The image files of ``paths`` (:func:`jaxplain.data.images.scan_images`): files given by name, and the
+    image files of folders in name order. The other entries of the folders are listed on stderr, each with
+    why it is not read (up to ``shown`` of them, then their count), rather than dropped without a word."""
+    from jaxplain.data.images import scan_images
+
+    files, left_out = scan_images(paths)
+    for path, why in left_out[:shown]:
+        print(f"jaxplain: not read: {path}: {why}", file=sys.stderr)
+    if len(left_out) > shown:
+        print(f"jaxplain: not read: {len(left_out) - shown} more entries of the folders given", file=sys.stderr)
+    return files
+
+
+@contextlib.contextmanager
+def output(
+    path: str | Path, *, suffixes=None, kind: str = "file", what: str = "--out", lock: bool = True
+) -> Iterator[Path]:
+    """An output for the length of a command: checked before any work (:func:`jaxplain.outputs.check_output`),
+    locked against other runs (:func:`~jaxplain.outputs.lock_output`), and cleared of the temporaries a
+    killed run left beside it (:func:`~jaxplain.outputs.remove_stale`). Yields the path.
+
+    ``lock=False``: the processes of one multi-process job share the output; each one's own parts are kept
+    apart by the job's per-process locks (:class:`jaxplain.jobs.JobDir`), and nothing is removed here.
+    """
+    from jaxplain.outputs import check_output, lock_output, remove_stale
+
+    checked = check_output(path, suffixes=suffixes, kind=kind, what=what)
+    if not lock:
+        yield checked
+        return
+    with lock_output(checked, what=what):
+        remove_stale(checked)
+        yield checked
+
+
+def bad_items(errors: list[dict]) -> str:
+    """``"1 bad item: listed above"`` / ``"3 bad items: listed above"`` (the items :func:`report` printed)."""
+    return f"{len(errors)} bad item{'' if len(errors) == 1 else 's'}: listed above" if errors else "no items"
+
+
 def report(errors: list[dict]) -> None:
     """Print each skipped item and why."""
     for e in errors:
         print(f"jaxplain: skipped {e['item']}: {e['error']}", file=sys.stderr)
-
-
-def npy_path(out: str) -> Path:
-    """Check that an output path ends in ``.npy``."""
-    path = Path(out)
-    if path.suffix != ".npy":
-        raise InputError(f"--out {path}: the output file must end in .npy")
-    return path
 
 
 def read_lines(path: str | Path, what: str) -> list[str]:

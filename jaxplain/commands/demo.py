@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from jaxplain.assets import DEFAULT_MODEL
-from jaxplain.commands.common import EXIT_BAD_ITEMS, EXIT_OK, non_negative_int, positive_int, read_lines, report
+from jaxplain.commands.common import (
+    EXIT_BAD_ITEMS,
+    EXIT_OK,
+    bad_items,
+    non_negative_int,
+    output,
+    positive_int,
+    read_lines,
+    report,
+)
 from jaxplain.errors import InputError
 
 
@@ -39,14 +47,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _data(args):
-    from jaxplain.data.images import list_images
+    from jaxplain.commands.common import image_files
     from jaxplain.demo import DemoData, shipped_data
 
     data = shipped_data()
     if args.images:
         if not args.classes:
             raise InputError("with --images, name the classes with --classes a,b,c")
-        files = list_images([args.images])
+        files = image_files([args.images])
         if not files:
             raise InputError(f"no image files found in {args.images}")
         data = DemoData(images=files, names=[f.name for f in files], classes=[], captions=data.captions)
@@ -66,8 +74,14 @@ def _data(args):
 
 
 def run(args: argparse.Namespace) -> int:
+    with output(args.out, kind="directory") as out:
+        return _run(args, out)
+
+
+def _run(args: argparse.Namespace, out: Path) -> int:
     from jaxplain.demo import run_demo
     from jaxplain.models import load
+    from jaxplain.outputs import atomic_writer, json_line, write_text
     from jaxplain.viz.report import render
 
     if args.n < 1:
@@ -79,8 +93,7 @@ def run(args: argparse.Namespace) -> int:
         data, errors = _readable(data, model)
         report(errors)
         if not data.images:
-            print(f"jaxplain: no image could be read ({len(errors)} bad); nothing written", file=sys.stderr)
-            return EXIT_BAD_ITEMS
+            raise InputError(f"no image could be read ({bad_items(errors)}); nothing written")
     bank = None
     if args.bank:
         from jaxplain.counterfactual import Bank
@@ -89,11 +102,10 @@ def run(args: argparse.Namespace) -> int:
         if bank.kind != "image":
             raise InputError(f"--bank {args.bank}: a {bank.kind} bank; the demo retrieves images")
     records, summary, image_bank, _ = run_demo(model, data, n=args.n, seed=args.seed, image_bank=bank)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "results.jsonl").open("w", encoding="utf-8") as f:
+    with atomic_writer(out / "results.jsonl", "w") as f:
         for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.write(json_line(r, where=f"{out / 'results.jsonl'}: {r['name']}") + "\n")
 
     def image_of(ref):
         if not isinstance(ref, dict):
@@ -103,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         item = Path(image_bank.items[ref["bank_row"]])  # a saved bank: show the file if it is there
         return item if item.is_file() else None
 
-    (out / "report.html").write_text(render(records, summary, image_of), encoding="utf-8")
+    write_text(out / "report.html", render(records, summary, image_of))
     found = summary["found"]
     print(
         f"explained {summary['images']} images in {summary['seconds']:.1f} s: another class found for "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -14,8 +13,9 @@ from jaxplain.commands.bank import add_inputs, record_shards
 from jaxplain.commands.common import (
     EXIT_BAD_ITEMS,
     EXIT_OK,
+    bad_items,
     encode_stream,
-    npy_path,
+    output,
     positive_int,
     report,
 )
@@ -44,17 +44,25 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxplain.data.images import list_images
-    from jaxplain.models import load
+    from jaxplain.outputs import remove_stale
 
-    out = npy_path(args.out)
+    with output(args.out, suffixes=[".npy"]) as out:
+        remove_stale(out.with_suffix(".json"))
+        return _run(args, out)
+
+
+def _run(args: argparse.Namespace, out: Path) -> int:
+    from jaxplain.commands.common import image_files
+    from jaxplain.models import load
+    from jaxplain.outputs import save_npy, write_json
+
     model = load(args.model, dtype=args.dtype)
     shards = record_shards(args.images or [args.texts], "images" if args.images else "texts")
     if shards is not None:
         emb, items, errors = _embed_records(args, model, shards)
         kept = range(len(items))
     elif args.images:
-        files = list_images(args.images)
+        files = image_files(args.images)
         if not files:
             raise InputError(f"no image files found in {' '.join(args.images)}")
         items = [str(f) for f in files]
@@ -91,10 +99,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"jaxplain: warning: {w.message}", file=sys.stderr)
     report(errors)
     if emb is None:
-        print(f"jaxplain: no item could be embedded ({len(errors)} bad); nothing written", file=sys.stderr)
-        return EXIT_BAD_ITEMS
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, emb.astype(np.float32))
+        raise InputError(f"no item could be embedded ({bad_items(errors)}); nothing written")
+    save_npy(out, emb.astype(np.float32))
     manifest = {
         "model": model.name,
         "fingerprint": model.fingerprint,
@@ -104,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         "errors": errors,
     }
     manifest_path = out.with_suffix(".json")
-    manifest_path.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    write_json(manifest_path, manifest)
     skipped = f"; {len(errors)} bad items skipped" if errors else ""
     print(
         f"wrote {emb.shape[0]} embeddings of dimension {emb.shape[1]} to {out} "

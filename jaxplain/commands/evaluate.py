@@ -8,7 +8,6 @@ By default it explains the shipped model's zero-shot prediction (``prob:predicte
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,8 +20,10 @@ from jaxplain.commands.classify import _class_names
 from jaxplain.commands.common import (
     EXIT_BAD_ITEMS,
     EXIT_OK,
+    bad_items,
     fraction,
     non_negative_int,
+    output,
     positive_float,
     positive_int,
     read_lines,
@@ -96,11 +97,11 @@ def parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
 
 def _images(args: argparse.Namespace, model):
     """Pixels of the good images, their names, and the skipped ones."""
+    from jaxplain.commands.common import image_files
     from jaxplain.data import fashion_mnist
-    from jaxplain.data.images import list_images
 
     if args.images:
-        files = list_images(args.images)
+        files = image_files(args.images)
         if not files:
             raise InputError(f"no image files found in {' '.join(args.images)}")
         items, names = files, [str(f) for f in files]
@@ -121,6 +122,11 @@ def _images(args: argparse.Namespace, model):
 
 
 def run(args: argparse.Namespace) -> int:
+    with output(args.out, kind="directory") as out:
+        return _run(args, out)
+
+
+def _run(args: argparse.Namespace, out: Path) -> int:
     from jaxplain.attribution.api import methods_for
     from jaxplain.data import fashion_mnist
     from jaxplain.evaluation import DEFAULT_METRICS, Protocol, evaluate
@@ -138,12 +144,13 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise InputError(f"--option for {unknown[0]!r}, which is not among the methods evaluated")
 
+    from jaxplain.outputs import write_json, write_text
+
     model = load(args.model)
     pixels, kept, names, errors = _images(args, model)
     report(errors)
     if pixels is None:
-        print(f"jaxplain: no image could be read ({len(errors)} bad); nothing evaluated", file=sys.stderr)
-        return EXIT_BAD_ITEMS
+        raise InputError(f"no image could be read ({bad_items(errors)}); nothing evaluated")
     texts = None
     if args.texts:
         lines = [t for t in read_lines(args.texts, "texts") if t.strip()]
@@ -164,10 +171,9 @@ def run(args: argparse.Namespace) -> int:
         method_options=options,
     )
     seconds = time.perf_counter() - start
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.md").write_text(table.markdown(), encoding="utf-8")
-    (out / "evaluation.csv").write_text(table.csv(), encoding="utf-8")
+    write_text(out / "evaluation.md", table.markdown())
+    write_text(out / "evaluation.csv", table.csv())
     summary = {
         "model": model.name,
         "fingerprint": model.fingerprint,
@@ -182,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         "bad_items": errors,
         "seconds": round(seconds, 2),
     }
-    (out / "evaluation.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    write_json(out / "evaluation.json", summary)
     print(table.markdown(), file=sys.stderr)
     print(f"evaluated {len(methods)} methods on {len(kept)} pairs in {seconds:.1f} s; table: {out}", file=sys.stderr)
     return EXIT_BAD_ITEMS if errors else EXIT_OK

@@ -334,6 +334,21 @@ def _plural(n: int, word: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``explain``: the output checked before any work; a single-file output locked for the run (a directory
+    is locked by its job, one lock per process)."""
+    from jaxplain.outputs import check_output, lock_output, remove_stale
+
+    out = Path(args.out)
+    single = out.suffix == ".jsonl"
+    out = check_output(out, suffixes=[".jsonl"]) if single else check_output(out, kind="directory")
+    if not single or getattr(args, "distributed", False):
+        return _run(args, out)
+    with lock_output(out):
+        remove_stale(out)
+        return _run(args, out)
+
+
+def _run(args: argparse.Namespace, out: Path) -> int:
     from jaxplain import distributed
     from jaxplain.commands.common import progress
     from jaxplain.counterfactual.bank import Bank
@@ -345,8 +360,6 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if getattr(args, "distributed", False):
         distributed.initialize()
-    if args.chunk < 1:
-        raise InputError(f"--chunk must be at least 1, got {args.chunk}")
     model = load(args.model)
     if args.bank_sharding == "hosts":
         from jaxplain.counterfactual.hosts import HostShardedBank
@@ -375,7 +388,6 @@ def run(args: argparse.Namespace) -> int:
         "pairs": _input_identity(shards),
         "options": {"k": args.k, "top": args.top, "search": args.search, "chunk": args.chunk, **defaults},
     }
-    out = Path(args.out)
     single = out.suffix == ".jsonl"
     job_path = out.with_name(f".{out.name}.parts") if single else out
     if single and job_path.exists():
@@ -433,6 +445,7 @@ def run(args: argparse.Namespace) -> int:
     distributed.barrier("explain")
     counts = job.summary()  # every part is done once every process has passed the barrier: the whole job
     manifest = job.finish() if distributed.process_index() == 0 else None
+    job.close()
     where = job_path
     if single and manifest is not None:
         _concatenate(job, out)
@@ -511,16 +524,10 @@ def _concatenate(job, out: Path) -> None:
     """The parts of a finished single-file job, joined into ``out`` atomically; the parts are then removed."""
     import shutil
 
-    from jaxplain.jobs import fsync_dir
+    from jaxplain.outputs import atomic_writer
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    with tmp.open("wb") as f:
+    with atomic_writer(out) as f:
         for j in range(job.total):
             with job.path(j).open("rb") as part:
                 shutil.copyfileobj(part, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(out)
-    fsync_dir(out.parent)
     shutil.rmtree(job.directory, ignore_errors=True)
