@@ -5,11 +5,20 @@ it records that model's fingerprint, and :meth:`Bank.load` with a model refuses 
 
 On disk a bank is a directory, written atomically (see :func:`~jaxplain.counterfactual.index.atomic_directory`)::
 
-    bank.json        kind, model name and fingerprint, size, dimension, index backend (written last)
+    bank.json        kind, model name and fingerprint, size, dimension, index backend, and the
+                     checksum of every other file (written last)
     items.json       {"items": [...], "ids": [...]}: image paths as given, or the texts
-    embeddings.npy   [M, E] float32 unit-norm
+    embeddings.npy   [M, E] float32 unit-norm, finite
     labels.npy       [M] int64, when the bank has labels
     index/           the serialised ScaNN searcher (an exact index is rebuilt from embeddings.npy)
+
+``bank.json``'s ``files`` maps each file's path in the directory to a 128-bit blake2b: of the array's
+C-order bytes for the bank's arrays (``embeddings.npy``, ``labels.npy``; their dtype and shape are checked
+against ``bank.json`` too), of the file's bytes for every other file. :meth:`Bank.load` verifies them all
+before it uses anything, so a bank whose rows were permuted, replaced or truncated, or whose index or item
+list comes from another bank, is refused with a :class:`BankError` naming the file; a bank saved by a
+jaxplain older than format version :data:`CHECKSUM_VERSION` (no checksums) is refused, to be rebuilt.
+Non-finite rows are refused when a bank is made and again when one is loaded.
 
 Nothing is ever unpickled: arrays are read with ``allow_pickle=False``, metadata is JSON.
 """
@@ -22,6 +31,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,9 +48,10 @@ from jaxplain.counterfactual.index import (
     atomic_directory,
     build_index,
     load_index,
-    read_npy,
+    nonfinite_rows,
 )
-from jaxplain.errors import InputError, JaxplainError
+from jaxplain.errors import InputError, JaxplainError, OutputError
+from jaxplain.jobs import file_digest
 
 if TYPE_CHECKING:
     from jaxplain.models.bundle import Model
@@ -51,9 +62,13 @@ EMBEDDINGS_FILE = "embeddings.npy"
 LABELS_FILE = "labels.npy"
 INDEX_DIR = "index"
 FORMAT = "jaxplain-bank"
-VERSION = 1
-READ_VERSION = 2  # version 2: a sharded bank (jaxplain.counterfactual.sharded_bank)
+# Format versions: 1, a bank of one directory; 2, a sharded bank (jaxplain.counterfactual.sharded_bank); 3, both,
+# with the checksums of their files in bank.json (the manifest of a sharded bank: of its shards' bank.json).
+VERSION = 3
+READ_VERSION = 3
+CHECKSUM_VERSION = 3  # banks of older versions carry no checksums: they are refused, to be rebuilt
 KINDS = ("image", "text")
+STALE_MARKERS = (".tmp-", ".old-")  # the siblings atomic_directory makes: .{name}.tmp-*, .{name}.old-*
 
 
 class BankError(JaxplainError):
@@ -99,6 +114,12 @@ class Bank:
             )
         if self.labels is not None and self.labels.shape != (m,):
             raise InputError(f"a bank needs one label per item: {m} items, labels {self.labels.shape}")
+        bad = nonfinite_rows(self.embeddings)
+        if bad.size:
+            raise InputError(
+                f"{describe_rows(bad, self.items)} of the embeddings {'is' if bad.size == 1 else 'are'} not finite "
+                "(NaN or infinity); a bank holds finite embeddings only"
+            )
 
     @property
     def size(self) -> int:
@@ -166,8 +187,18 @@ class Bank:
 
     @functools.cached_property
     def digest(self) -> str:
-        """A checksum of the embeddings' bytes: banks with equal digests hold the same vectors in the same order."""
-        return hashlib.blake2b(np.ascontiguousarray(self.embeddings, np.float32).tobytes(), digest_size=16).hexdigest()
+        """A checksum of the embeddings: banks with equal digests hold the same vectors in the same order.
+
+        For a bank of one directory it is the blake2b of the embeddings' bytes, the checksum ``bank.json``
+        records for ``embeddings.npy`` (a loaded bank takes the one it verified, a saved one the one it
+        wrote: the embeddings are hashed once); for a sharded bank, the blake2b of its shards' digests.
+        """
+        return self._embeddings_checksum
+
+    @functools.cached_property
+    def _embeddings_checksum(self) -> str:
+        """What ``bank.json`` records for ``embeddings.npy``: the blake2b of the rows' bytes."""
+        return array_digest(self.embeddings)
 
     def identity(self) -> dict[str, Any]:
         """What a job records about the bank it ran on (a resumed job must find the same)."""
@@ -184,42 +215,78 @@ class Bank:
         """Raise :class:`BankError` naming both sides unless ``model`` made this bank."""
         _check_model(where, self.model_name, self.fingerprint, self.dim, model)
 
-    def save(self, directory: str | os.PathLike) -> Path:
+    def save(self, directory: str | os.PathLike, remove_stale: bool = False) -> Path:
         """Write the bank to ``directory`` atomically and return its path.
 
-        Everything is written into a temporary sibling directory that then replaces ``directory``; a
-        crash midway leaves any bank already at ``directory`` untouched. An existing directory that is
-        not a bank is never overwritten.
+        Everything is written into a fresh temporary sibling directory (``.{name}.tmp-XXXXXXXX``, unique to
+        this save, so two saves never share one) that then replaces ``directory``; a crash midway leaves any
+        bank already at ``directory`` untouched, and a save that fails removes its temporary directory. An
+        existing directory that is not a bank is never overwritten. ``bank.json``, written last, records
+        the checksum of every other file.
+
+        Args:
+          directory: where the bank goes.
+          remove_stale: first remove what killed saves of ``directory`` left beside it
+            (:func:`remove_stale_temporaries`). Only safe while no other process saves the same directory:
+            pass it when the caller holds a lock on the output (a command that locks its ``--out``).
+
+        Raises:
+          OutputError: the bank cannot be written (no permission, a full disk, …), naming ``directory`` and
+            the reason; nothing is left behind.
+          InputError: ``directory`` exists and is not a bank (or is a file).
         """
         directory = Path(directory)
-        with atomic_directory(directory) as tmp:
-            np.save(tmp / EMBEDDINGS_FILE, np.ascontiguousarray(self.embeddings, np.float32), allow_pickle=False)
-            if self.labels is not None:
-                np.save(tmp / LABELS_FILE, self.labels, allow_pickle=False)
-            items = {"items": self.items, "ids": self.ids}
-            (tmp / ITEMS_FILE).write_text(json.dumps(items, ensure_ascii=False) + "\n", encoding="utf-8")
-            if not isinstance(self.index, ExactIndex):
-                self.index.save(tmp / INDEX_DIR)
-            meta = {
-                "format": FORMAT,
-                "version": VERSION,
-                "kind": self.kind,
-                "model_name": self.model_name,
-                "fingerprint": self.fingerprint,
-                "size": self.size,
-                "dim": self.dim,
-                "index": self.index.backend,
-                "labels": self.labels is not None,
-            }
-            (tmp / BANK_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        if remove_stale:
+            remove_stale_temporaries(directory)
+        try:
+            with atomic_directory(directory) as tmp:
+                files = {EMBEDDINGS_FILE: self._embeddings_checksum}
+                np.save(tmp / EMBEDDINGS_FILE, np.ascontiguousarray(self.embeddings, np.float32), allow_pickle=False)
+                if self.labels is not None:
+                    labels = np.ascontiguousarray(self.labels, np.int64)
+                    np.save(tmp / LABELS_FILE, labels, allow_pickle=False)
+                    files[LABELS_FILE] = array_digest(labels)
+                items = {"items": self.items, "ids": self.ids}
+                (tmp / ITEMS_FILE).write_text(json.dumps(items, ensure_ascii=False) + "\n", encoding="utf-8")
+                files[ITEMS_FILE] = file_digest(tmp / ITEMS_FILE)
+                if not isinstance(self.index, ExactIndex):
+                    self.index.save(tmp / INDEX_DIR)
+                    for path in sorted((tmp / INDEX_DIR).rglob("*")):
+                        if path.is_file():
+                            files[path.relative_to(tmp).as_posix()] = file_digest(path)
+                meta = {
+                    "format": FORMAT,
+                    "version": VERSION,
+                    "kind": self.kind,
+                    "model_name": self.model_name,
+                    "fingerprint": self.fingerprint,
+                    "size": self.size,
+                    "dim": self.dim,
+                    "index": self.index.backend,
+                    "labels": self.labels is not None,
+                    "files": files,
+                }
+                text = json.dumps(meta, indent=1, ensure_ascii=False) + "\n"
+                (tmp / BANK_FILE).write_text(text, encoding="utf-8")
+        except OSError as e:
+            if isinstance(e, JaxplainError):
+                raise
+            reason = e.strerror or str(e)
+            raise OutputError(
+                f"{directory}: cannot write the bank ({reason}); nothing was written, and a bank already there "
+                "is unchanged"
+            ) from e
         return directory
 
     @classmethod
     def load(cls, directory: str | os.PathLike, model: Model | None = None) -> Bank:
-        """Read a bank written by :meth:`save`.
+        """Read a bank written by :meth:`save`, verifying every file against its checksum in ``bank.json``.
 
         With ``model``, a bank made by another model (another fingerprint) or with another embedding
-        width is a :class:`BankError` naming both, raised before the arrays are read.
+        width is a :class:`BankError` naming both, raised before the arrays are read. A file that does not
+        match its checksum (rows permuted or replaced, an index or item list of another bank), a
+        non-finite row, or a bank saved without checksums (by an older jaxplain) is a :class:`BankError`
+        naming the bank's directory and the file, telling to rebuild the bank.
         """
         d = Path(directory)
         meta = _read_bank_meta(d)
@@ -229,25 +296,39 @@ class Bank:
             return load_sharded(d, meta, model)
         if model is not None:
             _check_model(d, meta["model_name"], meta["fingerprint"], meta["dim"], model)
-        emb = read_npy(d / EMBEDDINGS_FILE, BankError)
+        files = bank_files(d, meta)
+        emb = _read_array(d, EMBEDDINGS_FILE)
         if emb.dtype != np.float32 or emb.shape != (meta["size"], meta["dim"]):
-            raise BankError(f"{d / EMBEDDINGS_FILE}: {emb.dtype} {emb.shape}, {BANK_FILE} says float32 {meta}")
-        try:
-            listing = json.loads((d / ITEMS_FILE).read_text(encoding="utf-8"))
-            items, ids = listing["items"], listing["ids"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise BankError(f"{d / ITEMS_FILE}: missing or unreadable ({e})") from None
-        labels = read_npy(d / LABELS_FILE, BankError) if meta.get("labels") else None
+            raise BankError(
+                f"{d}: {EMBEDDINGS_FILE} holds {emb.dtype} {list(emb.shape)}, {BANK_FILE} says float32 "
+                f"[{meta['size']}, {meta['dim']}]; rebuild the bank"
+            )
+        digest = array_digest(emb)
+        if digest != files[EMBEDDINGS_FILE]:
+            raise BankError(_changed(d, EMBEDDINGS_FILE))
+        items, ids, labels = read_listing(d, meta, files)
+        bad = nonfinite_rows(emb)
+        if bad.size:
+            raise BankError(
+                f"{d}: {EMBEDDINGS_FILE} {describe_rows(bad, items)} {'is' if bad.size == 1 else 'are'} not "
+                "finite; rebuild the bank"
+            )
         if meta["index"] == "exact":
             index: Index = ExactIndex(emb)
         else:
-            index = load_index(d / INDEX_DIR)
+            verify_files(d, {k: v for k, v in files.items() if k.startswith(f"{INDEX_DIR}/")})
+            try:
+                index = load_index(d / INDEX_DIR)
+            except JaxplainError as e:
+                raise BankError(f"{d}: its index cannot be loaded ({e}); rebuild the bank") from None
             if not isinstance(index, ScannIndex) or (index.size, index.dim) != emb.shape:
                 raise BankError(f"{d / INDEX_DIR}: {index} does not match the bank's embeddings {emb.shape}")
         try:
-            return cls(meta["kind"], items, ids, emb, meta["model_name"], meta["fingerprint"], index, labels)
+            bank = cls(meta["kind"], items, ids, emb, meta["model_name"], meta["fingerprint"], index, labels)
         except InputError as e:
             raise BankError(f"{d}: {e}") from None
+        bank.__dict__["_embeddings_checksum"] = digest  # verified above: not hashed again
+        return bank
 
     def __repr__(self) -> str:
         labels = ", labelled" if self.labels is not None else ""
@@ -268,6 +349,7 @@ def _check_model(where: str | os.PathLike, name: str, fingerprint: str, dim: int
 
 
 def _read_bank_meta(d: Path) -> dict[str, Any]:
+    """A bank directory's ``bank.json``, checked: a jaxplain bank, of a version with checksums this jaxplain reads."""
     path = d / BANK_FILE
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
@@ -283,9 +365,137 @@ def _read_bank_meta(d: Path) -> dict[str, Any]:
     need = ("kind", "model_name", "fingerprint", "size", "dim", "index")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or any(k not in meta for k in need):
         raise BankError(f"{path}: not a jaxplain bank description")
-    if meta.get("version", 0) > READ_VERSION:
-        raise BankError(f"{path}: format version {meta['version']} is newer than this jaxplain reads ({READ_VERSION})")
+    version = meta.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise BankError(f"{path}: not a jaxplain bank description (version {version!r})")
+    if version > READ_VERSION:
+        raise BankError(f"{path}: format version {version} is newer than this jaxplain reads ({READ_VERSION})")
+    if version < CHECKSUM_VERSION:
+        raise BankError(
+            f"{d}: saved by an older jaxplain (bank format version {version}), without checksums of its files, "
+            "so it cannot be verified; rebuild the bank with `jaxplain bank build`"
+        )
+    for key in ("size", "dim"):
+        if not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < 1:
+            raise BankError(f"{path}: {key} must be a positive integer, got {meta[key]!r}")
     return meta
+
+
+def array_digest(array: np.ndarray) -> str:
+    """The blake2b (128 bits) of an array's C-order bytes: what ``bank.json`` records for the bank's arrays."""
+    a = np.ascontiguousarray(array)
+    return hashlib.blake2b(a.reshape(-1).view(np.uint8), digest_size=16).hexdigest()
+
+
+def describe_rows(rows: np.ndarray, items: Sequence[str] | None = None, limit: int = 3) -> str:
+    """``row 17 (item 'shoes/3.png')``, or ``rows 3 (item 'a'), 9 (item 'b') and 4 more``: rows of a bank
+    named by their items where the items are known."""
+    rows = [int(r) for r in np.asarray(rows).reshape(-1)]
+
+    def one(r: int) -> str:
+        return f"{r} (item {items[r]!r})" if items is not None and 0 <= r < len(items) else str(r)
+
+    shown = ", ".join(one(r) for r in rows[:limit])
+    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+    return f"{'row' if len(rows) == 1 else 'rows'} {shown}{more}"
+
+
+def _changed(d: Path, name: str) -> str:
+    return (
+        f"{d}: {name} does not match its checksum in {BANK_FILE} (the file was changed after the bank was built); "
+        "rebuild the bank"
+    )
+
+
+def bank_files(d: Path, meta: dict[str, Any]) -> dict[str, str]:
+    """``bank.json``'s checksums (path in the bank → blake2b), checked to list every file the bank needs."""
+    files = meta.get("files")
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise BankError(f"{d}: {BANK_FILE} lists no checksums of the bank's files; rebuild the bank")
+    missing = [n for n in (EMBEDDINGS_FILE, ITEMS_FILE) if n not in files]
+    if meta.get("labels") and LABELS_FILE not in files:
+        missing.append(LABELS_FILE)
+    if meta["index"] != "exact" and not any(k.startswith(f"{INDEX_DIR}/") for k in files):
+        missing.append(f"{INDEX_DIR}/")
+    if missing:
+        raise BankError(f"{d}: {BANK_FILE} lists no checksum of {missing[0]}; rebuild the bank")
+    for name in files:
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or ".." in parts:
+            raise BankError(f"{d}: {BANK_FILE} lists {name!r}, which is not a file inside the bank; rebuild the bank")
+    return files
+
+
+def _read_array(d: Path, name: str) -> np.ndarray:
+    """One of the bank's arrays (never unpickled); missing or unreadable: a :class:`BankError` naming it."""
+    try:
+        return np.load(d / name, allow_pickle=False)
+    except FileNotFoundError:
+        raise BankError(f"{d}: {name} is missing ({BANK_FILE} lists it); rebuild the bank") from None
+    except (OSError, ValueError) as e:
+        raise BankError(f"{d}: {name} cannot be read ({e}); rebuild the bank") from None
+
+
+def verify_files(d: Path, files: dict[str, str]) -> None:
+    """Check each file ``d / name`` against its blake2b in ``files``; the first that is missing, unreadable
+    or changed is a :class:`BankError` naming the bank and the file."""
+    for name, want in sorted(files.items()):
+        try:
+            got = file_digest(d / name)
+        except FileNotFoundError:
+            raise BankError(f"{d}: {name} is missing ({BANK_FILE} lists it); rebuild the bank") from None
+        except OSError as e:
+            raise BankError(f"{d}: {name} cannot be read ({e.strerror or e})") from None
+        if got != want:
+            raise BankError(_changed(d, name))
+
+
+def read_listing(
+    d: Path, meta: dict[str, Any], files: dict[str, str] | None = None
+) -> tuple[list[str], list[str], np.ndarray | None]:
+    """A bank directory's items, ids and labels (None without), each file verified against its checksum
+    (``files``: :func:`bank_files` of ``meta``) and checked to hold ``meta["size"]`` entries."""
+    files = bank_files(d, meta) if files is None else files
+    verify_files(d, {ITEMS_FILE: files[ITEMS_FILE]})
+    try:
+        listing = json.loads((d / ITEMS_FILE).read_text(encoding="utf-8"))
+        items, ids = listing["items"], listing["ids"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BankError(f"{d / ITEMS_FILE}: missing or unreadable ({e})") from None
+    if not (isinstance(items, list) and isinstance(ids, list) and len(items) == len(ids) == meta["size"]):
+        raise BankError(f"{d}: {ITEMS_FILE} does not list {meta['size']} items and ids; rebuild the bank")
+    labels = None
+    if meta.get("labels"):
+        labels = _read_array(d, LABELS_FILE)
+        if labels.dtype != np.int64 or labels.shape != (meta["size"],):
+            raise BankError(
+                f"{d}: {LABELS_FILE} holds {labels.dtype} {list(labels.shape)}, {BANK_FILE} says int64 "
+                f"[{meta['size']}]; rebuild the bank"
+            )
+        if array_digest(labels) != files[LABELS_FILE]:
+            raise BankError(_changed(d, LABELS_FILE))
+    return items, ids, labels
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Remove what killed saves of the bank ``directory`` left beside it: the siblings ``.{name}.tmp-*``
+    (a save that never finished) and ``.{name}.old-*`` (a bank being replaced). Returns what was removed.
+
+    Only safe while no other process saves ``directory``: a save in progress writes into such a sibling.
+    So it is opt-in (``Bank.save(..., remove_stale=True)``), for a caller that holds the output's lock, as a
+    command that locks its ``--out`` before it writes does.
+    """
+    directory = Path(directory)
+    parent = directory.parent
+    if not parent.is_dir():
+        return []
+    prefixes = tuple(f".{directory.name}{m}" for m in STALE_MARKERS)
+    removed = []
+    for path in sorted(parent.iterdir()):
+        if path.name.startswith(prefixes) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -464,7 +674,8 @@ def build_bank(
 
     Returns:
       The bank of the good items, and one ``{"item", "error"}`` record per bad item skipped (an image that
-      cannot be decoded, an empty text). Tokenizer warnings (a truncated text) are left to propagate.
+      cannot be decoded, an empty text, an item the model gives a non-finite embedding). Tokenizer warnings
+      (a truncated text) are left to propagate.
 
     Raises:
       InputError: no items, or none could be encoded, or ``ids``/``labels`` do not fit the items.

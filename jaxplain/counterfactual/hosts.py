@@ -16,7 +16,6 @@ the rounds go on until every process has closed. Communication is two all-gather
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,8 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from jaxplain import distributed
-from jaxplain.counterfactual.bank import ITEMS_FILE, LABELS_FILE, BankError, _check_model, _read_bank_meta
-from jaxplain.counterfactual.index import read_npy
+from jaxplain.counterfactual.bank import BANK_FILE, BankError, _check_model, _read_bank_meta, read_listing
 from jaxplain.counterfactual.shards import merge_top_k
 from jaxplain.counterfactual.verify import Verified, merge_verified
 from jaxplain.errors import InputError
@@ -51,17 +49,22 @@ class HostShardedBank:
       kind, size, dim, model_name, fingerprint: of the whole bank.
       ids, items, labels: of every row of the whole bank.
       offset: the first (global) row this process holds; ``local`` holds rows ``[offset, offset + local.size)``.
+      digest: of the whole bank's embeddings, from the shards' verified checksums (as a loaded sharded
+        :class:`~jaxplain.counterfactual.bank.Bank`'s ``digest``).
     """
 
     def __init__(self, directory: str | os.PathLike, model: Model | None = None):
+        """Load this process's shards of the sharded bank ``directory`` (their files verified against their
+        checksums) and every shard's item list and labels (verified too); with ``model``, refuse a bank
+        made by another model, as :meth:`Bank.load <jaxplain.counterfactual.bank.Bank.load>` does."""
         from jaxplain.counterfactual.bank import Bank
-        from jaxplain.counterfactual.sharded_bank import load_sharded
+        from jaxplain.counterfactual.sharded_bank import load_sharded, shard_entries, shard_meta, sharded_digest
 
         d = Path(directory)
         meta = _read_bank_meta(d)
-        listing = meta.get("shards")
-        if not listing:
+        if not meta.get("shards"):
             raise BankError(f"{d}: not a sharded bank; a bank of one directory is searched whole on every host")
+        listing = shard_entries(d, meta)
         count, me = distributed.process_count(), distributed.process_index()
         if len(listing) < count:
             raise BankError(f"{d}: {len(listing)} shards cannot be split across {count} processes")
@@ -72,20 +75,20 @@ class HostShardedBank:
         self.model_name, self.fingerprint = meta["model_name"], meta["fingerprint"]
         self.offset = listing[mine.start]["offset"]
         local = [{**listing[j], "offset": listing[j]["offset"] - self.offset} for j in mine]  # numbered from 0
-        self.local: Bank = load_sharded(d, {**meta, "shards": local}, model)
-        self.ids, self.items, labels = [], [], []
-        for entry in listing:
-            try:
-                rows = json.loads((d / entry["name"] / ITEMS_FILE).read_text(encoding="utf-8"))
-                self.items += rows["items"]
-                self.ids += rows["ids"]
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise BankError(f"{d / entry['name'] / ITEMS_FILE}: missing or unreadable ({e})") from None
-            path = d / entry["name"] / LABELS_FILE
-            labels.append(read_npy(path, BankError) if path.is_file() else None)
+        size = sum(e["size"] for e in local)
+        self.local: Bank = load_sharded(d, {**meta, "shards": local, "size": size}, model)
+        self.ids, self.items, labels, metas = [], [], [], []
+        for entry in listing:  # every shard's bank.json, item list and labels verified; only mine's embeddings
+            part = shard_meta(d, entry, meta)
+            items, ids, shard_labels = read_listing(d / entry["name"], part)
+            self.items += items
+            self.ids += ids
+            labels.append(shard_labels)
+            metas.append(part)
         self.labels = np.concatenate(labels) if all(x is not None for x in labels) else None
         if len(self.ids) != self.size:
-            raise BankError(f"{d}: its shards hold {len(self.ids)} items, {d / 'bank.json'} says {self.size}")
+            raise BankError(f"{d}: its shards hold {len(self.ids)} items, {d / BANK_FILE} says {self.size}")
+        self.digest = sharded_digest(d, metas)
         self._directory = d
 
     def __len__(self) -> int:
@@ -96,9 +99,11 @@ class HostShardedBank:
         _check_model(where, self.model_name, self.fingerprint, self.dim, model)
 
     def identity(self) -> dict[str, Any]:
-        """What a job records about the bank (the same on every process)."""
+        """What a job records about the bank (the same on every process): as :meth:`Bank.identity
+        <jaxplain.counterfactual.bank.Bank.identity>`, with the directory, and the digest of every shard's
+        verified embeddings checksum (:func:`~jaxplain.counterfactual.sharded_bank.sharded_digest`)."""
         return {"kind": self.kind, "size": self.size, "dim": self.dim, "fingerprint": self.fingerprint,
-                "sharded": str(self._directory.resolve())}  # fmt: skip
+                "sharded": str(self._directory.resolve()), "embeddings": self.digest}  # fmt: skip
 
     def levels(self, queries, ks) -> np.ndarray:
         """As :func:`~jaxplain.objectives.retrieval_levels` over the whole bank: every host's highest scores for

@@ -51,12 +51,29 @@ SCANN_TREE_MIN_SIZE = 4096  # below this, a ScaNN index scores every item (see S
 
 INDEX_FILE = "index.json"
 EMBEDDINGS_FILE = "embeddings.npy"
+SCANN_DATASET = "dataset.npy"  # the float rows a serialised ScaNN searcher holds
 FORMAT = "jaxplain-index"
 VERSION = 1
 
 
 class IndexFileError(JaxplainError):
     """An index directory is missing, corrupt, or unsafe to load."""
+
+
+FINITE_BLOCK = 65536  # rows checked for NaN and infinity at a time (bounds the check's temporary memory)
+
+
+def nonfinite_rows(x: np.ndarray, block: int = FINITE_BLOCK) -> np.ndarray:
+    """The rows (int64, ascending) of ``x`` ``[N, ...]`` that hold a NaN or an infinity, checked ``block`` rows
+    at a time (a memory-mapped bank is read once, and no ``[N, E]`` temporary is made)."""
+    x = np.asarray(x)
+    if x.ndim == 0 or not np.issubdtype(x.dtype, np.inexact):
+        return np.zeros(0, np.int64)
+    bad = []
+    for lo in range(0, len(x), block):
+        part = x[lo : lo + block].reshape(min(block, len(x) - lo), -1)
+        bad.append(lo + np.flatnonzero(~np.isfinite(part).all(axis=1)))
+    return np.concatenate(bad).astype(np.int64) if bad else np.zeros(0, np.int64)
 
 
 def _check_embeddings(embeddings: np.ndarray) -> np.ndarray:
@@ -67,10 +84,21 @@ def _check_embeddings(embeddings: np.ndarray) -> np.ndarray:
     if not np.issubdtype(x.dtype, np.floating):
         raise InputError(f"embeddings must be floating point, got {x.dtype}")
     x = np.ascontiguousarray(x, np.float32)
-    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    bad = nonfinite_rows(x)  # after the cast: float64 beyond float32's range becomes infinity
     if bad.size:
         raise InputError(f"embedding rows {bad[:5].tolist()} hold NaN or infinity")
     return x
+
+
+def _refuse_nonfinite(directory: str | os.PathLike, name: str, x: np.ndarray) -> None:
+    """An :class:`IndexFileError` naming the index directory, the file and its first non-finite rows."""
+    bad = nonfinite_rows(x)
+    if bad.size:
+        rows = ", ".join(str(r) for r in bad[:3].tolist()) + (f" and {bad.size - 3} more" if bad.size > 3 else "")
+        raise IndexFileError(
+            f"{directory}: {name} {'row' if bad.size == 1 else 'rows'} {rows} {'is' if bad.size == 1 else 'are'} "
+            "not finite (NaN or infinity); rebuild the index"
+        )
 
 
 def _check_queries(queries: np.ndarray, dim: int) -> np.ndarray:
@@ -251,7 +279,13 @@ class ExactIndex:
         x = read_npy(Path(directory) / EMBEDDINGS_FILE)
         if x.shape != (meta["size"], meta["dim"]):
             raise IndexFileError(f"{directory}: embeddings.npy has shape {x.shape}, index.json says {meta}")
-        return cls(x, mesh=mesh, axis=axis)
+        if not np.issubdtype(x.dtype, np.floating):
+            raise IndexFileError(f"{directory}: {EMBEDDINGS_FILE} holds {x.dtype}, not floating point")
+        _refuse_nonfinite(directory, EMBEDDINGS_FILE, x)
+        try:
+            return cls(x, mesh=mesh, axis=axis)
+        except InputError as e:  # e.g. float64 rows beyond float32's range
+            raise IndexFileError(f"{directory}: {EMBEDDINGS_FILE}: {e}; rebuild the index") from None
 
     def __repr__(self) -> str:
         where = "" if self.mesh is None else f", split over {self.mesh.shape[self.axis]} devices"
@@ -379,6 +413,14 @@ class ScannIndex:
             raise IndexFileError(f"{d}: holds scann_docids.pkl, a pickle; jaxplain does not load pickles")
         if not (d / "scann_assets.pbtxt").is_file():
             raise IndexFileError(f"{d}: no scann_assets.pbtxt; not a serialised ScaNN searcher")
+        if (d / SCANN_DATASET).is_file():  # the rows the searcher re-scores exactly
+            dataset = read_npy(d / SCANN_DATASET, mmap=True)
+            if dataset.ndim != 2 or dataset.shape != (meta["size"], meta["dim"]):
+                raise IndexFileError(
+                    f"{d}: {SCANN_DATASET} has shape {list(dataset.shape)}, index.json says "
+                    f"[{meta['size']}, {meta['dim']}]"
+                )
+            _refuse_nonfinite(d, SCANN_DATASET, dataset)
         try:
             searcher = scann.scann_ops_pybind.load_searcher(str(d), assets_backcompat_shim=False)
         except (RuntimeError, ValueError) as e:
@@ -447,10 +489,11 @@ def _read_meta(
     return meta
 
 
-def read_npy(path: Path, error: type[JaxplainError] = IndexFileError) -> np.ndarray:
-    """``np.load`` without pickles; a missing or corrupt file raises ``error`` naming it."""
+def read_npy(path: Path, error: type[JaxplainError] = IndexFileError, mmap: bool = False) -> np.ndarray:
+    """``np.load`` without pickles (memory-mapped read-only with ``mmap``); a missing or corrupt file raises
+    ``error`` naming it."""
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except FileNotFoundError:
         raise error(f"{path}: missing") from None
     except (OSError, ValueError) as e:

@@ -3,7 +3,8 @@
 On disk::
 
     bank.json                       the manifest, written last: kind, model fingerprint, dimension, size,
-                                    and per shard its directory, first row (offset), row count and checksum
+                                    and per shard its directory, first row (offset), row count and the
+                                    checksum of its bank.json (which holds the checksums of its files)
     job.json                        the build's configuration (a rerun must match it)
     shard-00000-of-00008/           a bank directory of rows [0, n0) (see jaxplain.counterfactual.bank)
     part-00000-of-00008.jsonl(.done)  the shard's build log: its bad items, marked done once the shard is saved
@@ -14,7 +15,8 @@ On disk::
 resumes at the first unfinished shard, and the processes of a multi-process job build disjoint shards at
 once. Once every shard is done, ``bank.json`` is written and :meth:`Bank.load
 <jaxplain.counterfactual.bank.Bank.load>` reads the directory as one bank whose index searches every
-shard and merges their answers exactly (:class:`~jaxplain.counterfactual.shards.ShardedIndex`).
+shard and merges their answers exactly (:class:`~jaxplain.counterfactual.shards.ShardedIndex`), after
+verifying every shard's ``bank.json`` against the manifest and every shard's files against their checksums.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from jaxplain import distributed
 from jaxplain.batching import progress as progress_bar
 from jaxplain.counterfactual.bank import (
     BANK_FILE,
+    EMBEDDINGS_FILE,
     FORMAT,
+    VERSION,
     Bank,
     BankError,
     _build_from_records,
@@ -42,17 +46,20 @@ from jaxplain.counterfactual.bank import (
     _check_labels,
     _check_model,
     _default_image_ids,
+    _read_bank_meta,
+    bank_files,
     build_bank,
 )
 from jaxplain.counterfactual.shards import RecallTarget, ShardedIndex, calibrate_leaves, with_leaves
 from jaxplain.errors import InputError
-from jaxplain.jobs import JobDir, numbered, parts_for_process, write_atomic
+from jaxplain.jobs import JobDir, file_digest, numbered, parts_for_process, write_atomic
 
 if TYPE_CHECKING:
     from jaxplain.data.precomputed import PrecomputedEmbeddings
     from jaxplain.models.bundle import Model
 
-SHARDED_VERSION = 2
+SHARDED_VERSION = VERSION  # the manifest's format version: the banks' (3: with checksums)
+SHARD_CHECKSUM = "bank.json"  # a manifest entry's key for the blake2b of its shard's bank.json
 
 
 def shard_name(index: int, total: int) -> str:
@@ -82,6 +89,7 @@ def build_sharded(
     progress: bool = True,
     source: str | None = None,
     label_field: str | None = None,
+    remove_stale: bool = False,
 ) -> tuple[Path | None, dict[str, int], list[dict]]:
     """Encode items into a sharded bank at ``out``, a shard of ``shard_size`` items at a time; resumable.
 
@@ -100,6 +108,9 @@ def build_sharded(
       recall: with ScaNN shards, each shard's leaves to search are calibrated to this recall target
         (:func:`~jaxplain.counterfactual.shards.calibrate_leaves`) instead of the size rule.
       batch_size, progress, source, label_field: as for ``build_bank``.
+      remove_stale: before saving a shard, remove the temporary directories a killed build left for it
+        (:func:`~jaxplain.counterfactual.bank.remove_stale_temporaries`); only while no other run builds
+        ``out`` (the command line holds its lock). The processes of one job never save the same shard.
 
     Returns:
       ``(path of bank.json or None, counts, bad items of the shards built by this run)``. ``bank.json`` is
@@ -118,7 +129,7 @@ def build_sharded(
     given = list(images if images is not None else texts)
     if given and isinstance(given[0], Shard):
         return _build_from_shards(
-            model, out, kind, given, backend, recall, batch_size, progress, label_field, ids, labels
+            model, out, kind, given, backend, recall, batch_size, progress, label_field, ids, labels, remove_stale
         )
     items = [str(x) for x in given]
     n = len(items)
@@ -134,6 +145,7 @@ def build_sharded(
     total = -(-n // shard_size)
     config = {
         "command": "bank build",
+        "bank_format": VERSION,
         "kind": kind,
         "model": {"name": model.name, "fingerprint": model.fingerprint},
         "items": {"count": n, "blake2b": _digest_strings(items), "ids": _digest_strings(all_ids)},
@@ -161,7 +173,7 @@ def build_sharded(
             yield j, bank, bad
 
     sizes = [min(n, (j + 1) * shard_size) - j * shard_size for j in range(total)]
-    return _run_shards(model, Path(out), config, kind, sizes, produce, recall, progress)
+    return _run_shards(model, Path(out), config, kind, sizes, produce, recall, progress, remove_stale)
 
 
 def _recall_config(recall: RecallTarget | None) -> dict | None:
@@ -187,6 +199,7 @@ def _build_from_shards(
     label_field: str | None,
     ids: Sequence[str] | None,
     labels: Any,
+    remove_stale: bool = False,
 ) -> tuple[Path | None, dict[str, int], list[dict]]:
     """:func:`build_sharded` with one bank shard per input shard, each read lazily when it is built."""
     from jaxplain.data.sources import read_shard
@@ -195,6 +208,7 @@ def _build_from_shards(
         raise InputError("records bring their own ids (their keys) and labels (label_field=)")
     config = {
         "command": "bank build",
+        "bank_format": VERSION,
         "kind": kind,
         "model": {"name": model.name, "fingerprint": model.fingerprint},
         "inputs": {"count": len(shards), "blake2b": _digest_strings([json.dumps(_shard_identity(s)) for s in shards])},
@@ -209,7 +223,7 @@ def _build_from_shards(
             yield j, bank, bad
 
     sizes = [s.size for s in shards]
-    return _run_shards(model, Path(out), config, kind, sizes, produce, recall, progress)
+    return _run_shards(model, Path(out), config, kind, sizes, produce, recall, progress, remove_stale)
 
 
 def _run_shards(
@@ -221,6 +235,7 @@ def _run_shards(
     produce: Callable[[list[int]], Iterator[tuple[int, Bank | None, list[dict]]]],
     recall: RecallTarget | None,
     progress: bool,
+    remove_stale: bool = False,
 ) -> tuple[Path | None, dict[str, int], list[dict]]:
     """The resumable loop of a sharded build: the shards of this process that are not done, made by
     ``produce`` (in the order asked), each saved whole and then marked done; the manifest once all are done.
@@ -250,7 +265,7 @@ def _run_shards(
                         stacklevel=2,
                     )
                 bank = dataclasses.replace(bank, index=with_leaves(bank.index, cal.leaves))
-            bank.save(directory / shard_name(j, total))
+            bank.save(directory / shard_name(j, total), remove_stale=remove_stale)
         size = 0 if bank is None else bank.size
         job.write(j, bad, {"items": size, "bad": len(bad)})
         counts["items"] += size
@@ -279,6 +294,7 @@ def build_from_embeddings(
     recall: RecallTarget | None = None,
     progress: bool = True,
     sharded: bool | None = None,
+    remove_stale: bool = False,
 ) -> tuple[Path | None, dict[str, int], list[dict]]:
     """A bank of embeddings made elsewhere (:func:`~jaxplain.data.precomputed.open_embeddings`), without
     encoding anything again: read in chunks, one directory up to ``shard_size`` rows, shards beyond.
@@ -292,6 +308,8 @@ def build_from_embeddings(
     Args:
       sharded: force (True) or refuse (False) a sharded bank; None: sharded above ``shard_size`` rows, or
         in a multi-process job.
+      remove_stale: as for :func:`build_sharded` (for one directory: :meth:`Bank.save
+        <jaxplain.counterfactual.bank.Bank.save>`'s).
 
     Returns:
       As :func:`build_sharded`; for one directory, ``(its bank.json, counts, bad rows)``.
@@ -313,10 +331,11 @@ def build_from_embeddings(
         (_, bank, bad), *_ = _precomputed_banks(model, embeddings, n, [0], backend)
         if bank is None:
             raise InputError(f"{embeddings.parts[0].embeddings}: no row could be used ({bad[0]['error']}; …)")
-        path = bank.save(out) / BANK_FILE
+        path = bank.save(out, remove_stale=remove_stale) / BANK_FILE
         return path, {"items": bank.size, "bad": len(bad)}, bad
     config = {
         "command": "bank build",
+        "bank_format": VERSION,
         "kind": embeddings.kind,
         "model": {"name": model.name, "fingerprint": model.fingerprint},
         "precomputed": [
@@ -343,6 +362,7 @@ def build_from_embeddings(
         lambda todo: _precomputed_banks(model, embeddings, shard_size, todo, backend),
         recall,
         progress,
+        remove_stale,
     )
 
 
@@ -418,8 +438,17 @@ def _write_manifest(directory: Path, markers: list[dict], kind: str, model: Mode
     for j in range(total):
         if markers[j].get("summary", {}).get("items") == 0 and not (directory / shard_name(j, total)).exists():
             continue  # a shard of bad items only
-        meta = json.loads((directory / shard_name(j, total) / BANK_FILE).read_text(encoding="utf-8"))
-        shards.append({"name": shard_name(j, total), "offset": offset, "size": meta["size"], "index": meta["index"]})
+        path = directory / shard_name(j, total) / BANK_FILE
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        shards.append(
+            {
+                "name": shard_name(j, total),
+                "offset": offset,
+                "size": meta["size"],
+                "index": meta["index"],
+                SHARD_CHECKSUM: file_digest(path),
+            }
+        )
         offset += meta["size"]
     if not offset:
         raise InputError(f"{directory}: no item of the bank could be encoded")
@@ -439,23 +468,82 @@ def _write_manifest(directory: Path, markers: list[dict], kind: str, model: Mode
     return path
 
 
-def load_sharded(d: Path, meta: dict[str, Any], model: Model | None = None) -> Bank:
-    """The bank of a sharded directory (``meta`` is its ``bank.json``): every shard's rows and metadata, and
-    one :class:`ShardedIndex` over the shards' own indexes."""
-    if model is not None:
-        _check_model(d, meta["model_name"], meta["fingerprint"], meta["dim"], model)
+def shard_entries(d: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """A sharded bank's manifest entries, checked: each names a shard directory inside ``d`` and gives its
+    first row, row count and the checksum of its ``bank.json``; the rows are consecutive from 0 and add up
+    to the bank's size."""
     listing = meta.get("shards")
     if not isinstance(listing, list) or not listing:
         raise BankError(f"{d / BANK_FILE}: a sharded bank must list its shards")
-    parts, offsets = [], []
+    offset = 0
+    for i, entry in enumerate(listing):
+        if not isinstance(entry, dict):
+            raise BankError(f"{d / BANK_FILE}: shard entry {i} is not an object")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+            raise BankError(f"{d / BANK_FILE}: shard entry {i} names {name!r}, not a directory of the bank")
+        if not isinstance(entry.get(SHARD_CHECKSUM), str):
+            raise BankError(f"{d}: {BANK_FILE} lists no checksum of {name}/{BANK_FILE}; rebuild the bank")
+        for key in ("offset", "size"):
+            value = entry.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "size" else 0):
+                raise BankError(f"{d / BANK_FILE}: shard {name}: {key} {value!r} is not a valid row count")
+        if entry["offset"] != offset:
+            raise BankError(f"{d / BANK_FILE}: shard {name} starts at row {entry['offset']}, not {offset}")
+        offset += entry["size"]
+    if offset != meta["size"]:
+        raise BankError(f"{d / BANK_FILE}: its shards hold {offset} rows, it says {meta['size']}")
+    return listing
+
+
+def shard_meta(d: Path, entry: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """The ``bank.json`` of the shard ``entry`` of the sharded bank ``d``, verified against the manifest's
+    checksum of it and checked to agree with the manifest (kind, model, width, rows)."""
+    where, name = d / entry["name"], f"{entry['name']}/{BANK_FILE}"
+    try:
+        got = file_digest(where / BANK_FILE)
+    except FileNotFoundError:
+        raise BankError(f"{d}: {name} is missing ({BANK_FILE} lists it); rebuild the bank") from None
+    except OSError as e:
+        raise BankError(f"{d}: {name} cannot be read ({e.strerror or e})") from None
+    if got != entry[SHARD_CHECKSUM]:
+        raise BankError(
+            f"{d}: {name} does not match its checksum in {BANK_FILE} (the shard was changed "
+            "or replaced after the bank was built); rebuild the bank"
+        )
+    part = _read_bank_meta(where)
+    same = ("kind", "model_name", "fingerprint", "dim")
+    if "shards" in part or part["size"] != entry["size"] or any(part[k] != meta[k] for k in same):
+        raise BankError(f"{where}: does not match {d / BANK_FILE} ({part['size']} rows, {entry})")
+    return part
+
+
+def sharded_digest(d: Path, parts: Sequence[dict[str, Any]]) -> str:
+    """The digest of a sharded bank's embeddings: the blake2b of its shards' embeddings checksums, in order
+    (``parts``: the shards' verified ``bank.json``)."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        h.update(bytes.fromhex(bank_files(d, part)[EMBEDDINGS_FILE]))
+    return h.hexdigest()
+
+
+def load_sharded(d: Path, meta: dict[str, Any], model: Model | None = None) -> Bank:
+    """The bank of a sharded directory (``meta`` is its ``bank.json``): every shard's rows and metadata, and
+    one :class:`ShardedIndex` over the shards' own indexes.
+
+    Each shard's ``bank.json`` is verified against the manifest, and each shard's files against their
+    checksums (:meth:`Bank.load <jaxplain.counterfactual.bank.Bank.load>`): a shard changed or swapped for
+    another is a :class:`BankError` naming it."""
+    if model is not None:
+        _check_model(d, meta["model_name"], meta["fingerprint"], meta["dim"], model)
+    listing = shard_entries(d, meta)
+    parts, offsets, metas = [], [], []
     for entry in listing:
-        part = Bank.load(d / entry["name"], model=model)
-        if part.size != entry["size"] or part.kind != meta["kind"] or part.fingerprint != meta["fingerprint"]:
-            raise BankError(f"{d / entry['name']}: does not match {d / BANK_FILE} ({part.size} rows, {entry})")
-        parts.append(part)
+        metas.append(shard_meta(d, entry, meta))
+        parts.append(Bank.load(d / entry["name"], model=model))
         offsets.append(entry["offset"])
     labelled = [p.labels is not None for p in parts]
-    return Bank(
+    bank = Bank(
         kind=meta["kind"],
         items=[x for p in parts for x in p.items],
         ids=[x for p in parts for x in p.ids],
@@ -465,3 +553,5 @@ def load_sharded(d: Path, meta: dict[str, Any], model: Model | None = None) -> B
         index=ShardedIndex([p.index for p in parts], offsets),
         labels=np.concatenate([p.labels for p in parts]) if all(labelled) else None,
     )
+    bank.__dict__["digest"] = sharded_digest(d, metas)  # the shards' verified checksums: nothing hashed again
+    return bank
