@@ -89,7 +89,7 @@ def _inputs(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from jaxplain.outputs import remove_stale
 
-    with output(args.out) as out:
+    with output(args.out, suffixes=[".jsonl"]) as out:
         remove_stale(out.with_suffix(".summary.json"))
         return _run(args, out)
 
