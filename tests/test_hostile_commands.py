@@ -105,7 +105,7 @@ def test_explain_finishes_the_good_pairs(tiny_model, folder, tmp_path, capsys):
     images, _ = fashion_mnist.load_shipped_test()
     bank, _ = build_bank(tiny_model, images=list(images[:30]), backend="exact", progress=False)
     bank_dir = bank.save(tmp_path / "bank")
-    names = GOOD[:1] + ["03_bomb.png", "04_strip.png", "05_loop.png"] + GOOD[1:]
+    names = [*GOOD[:1], "03_bomb.png", "04_strip.png", "05_loop.png", *GOOD[1:]]
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"image": f"imgs/{n}", "want": "other-class"}) + "\n" for n in names))
     out = tmp_path / "r.jsonl"
