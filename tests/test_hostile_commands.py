@@ -198,9 +198,12 @@ def test_a_full_disk_leaves_nothing_half_written(tmp_path):
     """A real 64 KiB tmpfs (in a user and mount namespace): embeddings of 1,000 texts do not fit."""
     probe = tmp_path / "probe"
     probe.mkdir()
-    if shutil.which("unshare") is None or subprocess.run(
-        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs tmpfs {probe}"], capture_output=True
-    ).returncode:
+    if (
+        shutil.which("unshare") is None
+        or subprocess.run(
+            ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs tmpfs {probe}"], capture_output=True
+        ).returncode
+    ):
         pytest.skip("no unprivileged mount namespaces here (unshare -rm) to mount a small tmpfs")
     texts = tmp_path / "t.txt"
     texts.write_text("".join(f"text number {i}\n" for i in range(1000)))
