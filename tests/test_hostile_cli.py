@@ -104,6 +104,10 @@ def test_bad_lines_are_their_own_errors_and_the_group_is_explained(bank_dir, tmp
         (["explain", "--top", "0"], "argument --top: must be at least 1, got 0"),
         (["explain", "--top", "-1"], "argument --top: must be at least 1, got -1"),
         (["explain", "--chunk", "two"], "argument --chunk: 'two' is not a whole number"),
+        (
+            ["explain", "--want", "prob:Bag>=1.2.3"],
+            "argument --want: wanted outcome 'prob:Bag>=1.2.3': '1.2.3' is not a decimal number such as 0.9",
+        ),
         (["evaluate", "--steps", "0"], "argument --steps: must be at least 1, got 0"),
         (["evaluate", "--fraction", "2"], "argument --fraction: must lie in (0, 1], got 2"),
         (["evaluate", "--fraction", "0"], "argument --fraction: must lie in (0, 1], got 0"),
@@ -204,9 +208,21 @@ def test_embed_texts_keeps_line_numbers_and_skips_only_the_bad_line(tiny_model, 
 
 def test_duplicate_class_names_on_the_command_line_fail_the_job(tmp_path, capsys):
     out = tmp_path / "p.jsonl"
-    code = main(["classify", "--model", str(TINY), "--classes", "Bag,Shirt,Bag", "--classes", "Bag,Shirt,Bag",
-                 "--limit", "4", "--classes", "Bag,Shirt,Bag,T,U,V,W,X,Y,Z", "--out", str(out)])  # fmt: skip
+    classes = "Bag,Shirt,Bag,T,U,V,W,X,Y,Z"  # ten names for the ten classes of the shipped test set
+    code = main(["classify", "--model", str(TINY), "--limit", "4", "--classes", classes, "--out", str(out)])
     assert code == EXIT_ERROR and not out.exists()
     assert capsys.readouterr().err.strip() == (
         "jaxplain: error: class name 'Bag' is given twice (classes 0 and 2); class names must differ"
+    )
+
+
+def test_duplicate_classes_given_to_explain_fail_before_any_work(capsys, monkeypatch, tmp_path):
+    import jaxplain.models
+
+    monkeypatch.setattr(jaxplain.models, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    argv = ["explain", "--model", str(TINY), "--bank", "b", "--pairs", "p.jsonl", "--out", str(tmp_path / "r.jsonl"),
+            "--classes", "Bag, Shirt,Bag"]  # fmt: skip
+    assert main(argv) == EXIT_ERROR
+    assert capsys.readouterr().err.strip() == (
+        "jaxplain: error: --classes 'Bag, Shirt,Bag': 'Bag' given twice; class names must differ"
     )

@@ -68,7 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=4096,
         help="pairs read, explained and written at once (one part; default 4096)",
     )
-    p.add_argument("--want", help="the wanted outcome of the lines that give none (e.g. other-class)")
+    p.add_argument(
+        "--want", type=_want_option, help="the wanted outcome of the lines that give none (e.g. other-class)"
+    )
     p.add_argument("--classes", help="comma-separated class names for the lines that give none")
     p.add_argument(
         "--devices",
@@ -104,6 +106,17 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.set_defaults(func=run)
     return p
+
+
+def _want_option(text: str) -> str:
+    """argparse type of ``--want``: a wanted outcome that parses (checked before any work), kept as text."""
+    from jaxplain.objectives import Want
+
+    try:
+        Want.parse(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def _resolve_image(ref: Any, base: Path, shipped) -> Any:
@@ -338,6 +351,7 @@ def run(args: argparse.Namespace) -> int:
     is locked by its job, one lock per process)."""
     from jaxplain.outputs import check_output, lock_output, remove_stale
 
+    _split_names(args.classes)  # checked before any work
     out = Path(args.out)
     single = out.suffix == ".jsonl"
     out = check_output(out, suffixes=[".jsonl"]) if single else check_output(out, kind="directory")
@@ -501,6 +515,9 @@ def _split_names(text: str | None) -> list[str] | None:
     names = [c.strip() for c in text.split(",")]
     if not all(names):
         raise InputError(f"--classes {text!r}: an empty class name")
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise InputError(f"--classes {text!r}: {', '.join(map(repr, twice))} given twice; class names must differ")
     return names
 
 
