@@ -126,5 +126,7 @@ def test_demo_with_own_images_and_a_saved_bank(tmp_path):
 def test_demo_errors(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--images", str(tmp_path)]) == 2
     assert "name the classes with --classes" in capsys.readouterr().err
-    assert main(["demo", "--out", str(tmp_path), "--n", "0"]) == 2
-    assert "--n must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--out", str(tmp_path), "--n", "0"])
+    assert e.value.code == 2
+    assert "argument --n: must be at least 1, got 0" in capsys.readouterr().err

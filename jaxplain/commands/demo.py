@@ -84,8 +84,6 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     from jaxplain.outputs import atomic_writer, json_line, write_text
     from jaxplain.viz.report import render
 
-    if args.n < 1:
-        raise InputError("--n must be at least 1")
     data = _data(args)
     model = load(args.model)
     errors: list[dict] = []
