@@ -55,8 +55,17 @@ def prompts(class_names: Sequence[str], templates: Sequence[str]) -> list[str]:
     if not templates:
         raise InputError("no prompt templates given")
     for t in templates:
+        if not isinstance(t, str):
+            raise InputError(f"template {t!r} is not a string")
         if "{}" not in t:
             raise InputError(f"template {t!r} has no '{{}}' for the class name")
+        try:
+            t.format("x")
+        except (IndexError, KeyError, ValueError) as e:
+            raise InputError(
+                f"template {t!r} must hold one '{{}}' and no other braces (write '{{{{' and '}}}}' for literal "
+                f"ones): {e}"
+            ) from None
     seen: dict[str, int] = {}
     for i, c in enumerate(class_names):
         if not isinstance(c, str) or not c.strip():

@@ -226,3 +226,22 @@ def test_duplicate_classes_given_to_explain_fail_before_any_work(capsys, monkeyp
     assert capsys.readouterr().err.strip() == (
         "jaxplain: error: --classes 'Bag, Shirt,Bag': 'Bag' given twice; class names must differ"
     )
+
+
+def test_a_malformed_template_is_an_error_of_its_line(bank_dir, tmp_path):
+    good = {"image": "fashion-mnist-test:0", "classes": CLASSES, "want": "other-class"}
+    rows = [
+        {**good, "templates": ["a {} and a {}"]},
+        {**good, "templates": [3]},
+        {**good, "templates": ["{x}: {}"]},
+        good,
+    ]
+    code, res = explain(rows, bank_dir, tmp_path)
+    assert code == EXIT_BAD_ITEMS
+    assert [r["error"] for r in res[:3]] == [
+        "line 1: template 'a {} and a {}' must hold one '{}' and no other braces (write '{{' and '}}' for literal "
+        "ones): Replacement index 1 out of range for positional args tuple",
+        "line 2: template 3 is not a string",
+        "line 3: template '{x}: {}' must hold one '{}' and no other braces (write '{{' and '}}' for literal ones): 'x'",
+    ]
+    assert res[3]["status"] in ("found", "not_found")
