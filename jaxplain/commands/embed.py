@@ -78,6 +78,8 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     else:
         path = Path(args.texts)
         items, problems = read_items(path, "texts")
+        if not items:
+            raise InputError(f"{path}: no texts (the file is empty)")
 
         def prepare(i: int):
             if i + 1 in problems:
