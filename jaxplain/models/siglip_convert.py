@@ -1,0 +1,204 @@
+"""Strict conversion between transformers' ``SiglipModel`` state dicts and jaxplain's SigLIP params.
+
+Both directions are pure functions over dicts of NumPy arrays. Every tensor the config implies must be
+present with the right shape, and every tensor in the checkpoint must be used: anything missing, left over
+or mis-shaped is a :class:`~jaxplain.errors.CheckpointError` that names it. :func:`read_checkpoint` and
+:func:`write_checkpoint` read and write a Hugging Face directory (``config.json`` + ``model.safetensors``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxplain.errors import CheckpointError
+from jaxplain.models.loading import read_weights
+from jaxplain.models.siglip import SiglipConfig, stack_layers
+
+# Buffers some checkpoints carry that are not weights (they equal arange(positions)).
+IGNORED_KEYS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
+
+_LAYER_TENSORS = (
+    ("self_attn.q_proj", ("attn", "q")),
+    ("self_attn.k_proj", ("attn", "k")),
+    ("self_attn.v_proj", ("attn", "v")),
+    ("self_attn.out_proj", ("attn", "out")),
+    ("mlp.fc1", ("mlp", "fc1")),
+    ("mlp.fc2", ("mlp", "fc2")),
+)
+
+# How a tensor is stored: "linear" is torch's [out, in] (transposed here); "patch" the conv kernel [D, C, p,
+# p] (flattened to [C·p·p, D]); "scalar" a one-element [1] (a 0-d array here); "probe" the pooling head's [1,
+# 1, D] (a [D] vector here); "in_proj" torch's MultiheadAttention stacked [3D, D] weight or [3D] bias (split
+# into the q, k, v dense params here, whose path the spec names); "plain" kept as is.
+
+
+def _specs(config: SiglipConfig) -> Iterator[tuple[str, tuple, int | None, str, tuple[int, ...]]]:
+    """Yield ``(hf_key, param_path, layer_index, kind, hf_shape)`` for every tensor of the model."""
+    t, v = config.text, config.vision
+    td, vd = t.hidden_size, v.hidden_size
+    yield "logit_scale", ("logit_scale",), None, "scalar", (1,)
+    yield "logit_bias", ("logit_bias",), None, "scalar", (1,)
+    yield "text_model.embeddings.token_embedding.weight", ("text", "token_embedding"), None, "plain", (t.vocab_size, td)
+    pos = (t.max_positions, td)
+    yield "text_model.embeddings.position_embedding.weight", ("text", "position_embedding"), None, "plain", pos
+    yield "text_model.head.weight", ("text", "head", "kernel"), None, "linear", (t.projection_size, td)
+    yield "text_model.head.bias", ("text", "head", "bias"), None, "plain", (t.projection_size,)
+    conv, patch = "vision_model.embeddings.patch_embedding", (vd, v.num_channels, v.patch_size, v.patch_size)
+    yield f"{conv}.weight", ("vision", "patch_embedding", "kernel"), None, "patch", patch
+    yield f"{conv}.bias", ("vision", "patch_embedding", "bias"), None, "plain", (vd,)
+    pos = (v.num_positions, vd)
+    yield "vision_model.embeddings.position_embedding.weight", ("vision", "position_embedding"), None, "plain", pos
+    head = "vision_model.head"
+    yield f"{head}.probe", ("vision", "head", "probe"), None, "probe", (1, 1, vd)
+    yield f"{head}.attention.in_proj_weight", ("vision", "head", "attn", "kernel"), None, "in_proj", (3 * vd, vd)
+    yield f"{head}.attention.in_proj_bias", ("vision", "head", "attn", "bias"), None, "in_proj", (3 * vd,)
+    yield f"{head}.attention.out_proj.weight", ("vision", "head", "attn", "out", "kernel"), None, "linear", (vd, vd)
+    yield f"{head}.attention.out_proj.bias", ("vision", "head", "attn", "out", "bias"), None, "plain", (vd,)
+    for name, leaf in (("weight", "scale"), ("bias", "bias")):
+        yield f"text_model.final_layer_norm.{name}", ("text", "final_ln", leaf), None, "plain", (td,)
+        yield f"vision_model.post_layernorm.{name}", ("vision", "post_ln", leaf), None, "plain", (vd,)
+        yield f"{head}.layernorm.{name}", ("vision", "head", "ln", leaf), None, "plain", (vd,)
+    vf = v.intermediate_size
+    for fc, (n_in, n_out) in (("fc1", (vd, vf)), ("fc2", (vf, vd))):
+        yield f"{head}.mlp.{fc}.weight", ("vision", "head", "mlp", fc, "kernel"), None, "linear", (n_out, n_in)
+        yield f"{head}.mlp.{fc}.bias", ("vision", "head", "mlp", fc, "bias"), None, "plain", (n_out,)
+    for tower, prefix, cfg in (("text", "text_model", t), ("vision", "vision_model", v)):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        for i in range(cfg.num_layers):
+            base = f"{prefix}.encoder.layers.{i}"
+            for ln, short in (("layer_norm1", "ln1"), ("layer_norm2", "ln2")):
+                yield f"{base}.{ln}.weight", (tower, "layers", short, "scale"), i, "plain", (d,)
+                yield f"{base}.{ln}.bias", (tower, "layers", short, "bias"), i, "plain", (d,)
+            for hf, path in _LAYER_TENSORS:
+                n_in, n_out = (d, f) if hf == "mlp.fc1" else (f, d) if hf == "mlp.fc2" else (d, d)
+                yield f"{base}.{hf}.weight", (tower, "layers", *path, "kernel"), i, "linear", (n_out, n_in)
+                yield f"{base}.{hf}.bias", (tower, "layers", *path, "bias"), i, "plain", (n_out,)
+
+
+def expected_keys(config: SiglipConfig) -> list[str]:
+    """Every tensor name a ``SiglipModel`` checkpoint of this config must hold."""
+    return [s[0] for s in _specs(config)]
+
+
+def _set(tree: dict, path: tuple, value: Any) -> None:
+    for k in path[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[path[-1]] = value
+
+
+def _get(tree: dict, path: tuple) -> Any:
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+def params_from_state_dict(
+    state: dict[str, np.ndarray], config: SiglipConfig, source: str = "checkpoint"
+) -> dict[str, Any]:
+    """transformers' ``SiglipModel`` tensors → jaxplain SigLIP params (NumPy float32 arrays, layers stacked).
+
+    Raises :class:`~jaxplain.errors.CheckpointError` naming every missing, left-over or mis-shaped tensor.
+    """
+    specs = list(_specs(config))
+    wanted = {s[0] for s in specs}
+    missing = sorted(wanted - state.keys())
+    leftover = sorted(state.keys() - wanted - set(IGNORED_KEYS))
+    wrong = [
+        f"{key}: {tuple(np.shape(state[key]))} in the checkpoint, {shape} expected from its config"
+        for key, _, _, _, shape in specs
+        if key in state and tuple(np.shape(state[key])) != shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors ({len(missing)}): " + ", ".join(missing))
+    if leftover:
+        problems.append(f"left-over tensors not used by the model ({len(leftover)}): " + ", ".join(leftover))
+    if wrong:
+        problems.append("wrong shapes: " + "; ".join(wrong))
+    if problems:
+        raise CheckpointError(f"{source} does not match its config:\n  " + "\n  ".join(problems))
+
+    layered: dict[tuple, list] = {}
+    params: dict = {}
+    for key, path, layer, kind, _ in specs:
+        x = np.asarray(state[key], dtype=np.float32)
+        if kind == "in_proj":  # [3D, D] weight or [3D] bias → q, k, v
+            for name, part in zip(("q", "k", "v"), np.split(x, 3, axis=0)):
+                _set(params, (*path[:-1], name, path[-1]), np.ascontiguousarray(part.T))
+            continue
+        if kind == "linear":
+            x = x.T
+        elif kind == "patch":
+            x = x.reshape(x.shape[0], -1).T
+        elif kind == "scalar":
+            x = x.reshape(())
+        elif kind == "probe":
+            x = x.reshape(-1)
+        if layer is None:
+            _set(params, path, np.ascontiguousarray(x) if x.ndim else x)
+        else:
+            layered.setdefault(path, []).append(x)
+    for path, xs in layered.items():
+        _set(params, path, np.stack(xs))
+    return params
+
+
+def state_dict_from_params(params: dict[str, Any], config: SiglipConfig) -> dict[str, np.ndarray]:
+    """jaxplain SigLIP params (either layer layout) → transformers' ``SiglipModel`` tensors (float32,
+    contiguous), for saving. A param of the wrong shape is a :class:`CheckpointError` naming it."""
+    params = stack_layers(params)
+    v = config.vision
+    state = {}
+    for key, path, layer, kind, shape in _specs(config):
+        if kind == "in_proj":
+            parts = [np.asarray(_get(params, (*path[:-1], name, path[-1])), dtype=np.float32) for name in "qkv"]
+            x = np.concatenate([p.T for p in parts], axis=0)
+        else:
+            x = np.asarray(_get(params, path), dtype=np.float32)
+            if layer is not None:
+                x = x[layer]
+            if kind == "linear":
+                x = x.T
+            elif kind == "patch":
+                x = x.T.reshape(v.hidden_size, v.num_channels, v.patch_size, v.patch_size)
+            elif kind == "scalar":
+                x = x.reshape(1)
+            elif kind == "probe":
+                x = x.reshape(1, 1, -1)
+        if tuple(x.shape) != shape:
+            raise CheckpointError(f"param {'/'.join(path)} has shape {x.shape}; {key} needs {shape}")
+        state[key] = np.array(x, dtype=np.float32, order="C")
+    return state
+
+
+def read_checkpoint(directory: str | Path) -> tuple[dict[str, Any], SiglipConfig]:
+    """``(params, config)`` of a Hugging Face ``SiglipModel`` directory (``config.json`` and
+    ``model.safetensors``, or sharded safetensors), both checked strictly: an unreadable or invalid config,
+    unreadable weights, non-finite values, or tensors that do not match the config are a
+    :class:`CheckpointError` naming the file and the key."""
+    directory = Path(directory)
+    path = directory / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no config.json (is this a Hugging Face SigLIP checkpoint directory?)")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read it as JSON ({e})") from None
+    config = SiglipConfig.from_hf_dict(d, source=str(path))
+    return params_from_state_dict(read_weights(directory), config, source=str(directory)), config
+
+
+def write_checkpoint(directory: str | Path, params: dict[str, Any], config: SiglipConfig) -> None:
+    """Write ``params`` as a Hugging Face ``SiglipModel`` directory that transformers loads
+    (``config.json`` and ``model.safetensors``)."""
+    from safetensors.numpy import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(state_dict_from_params(params, config), str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n", encoding="utf-8")
