@@ -268,3 +268,19 @@ def test_two_explain_runs_on_one_results_file_cannot_mix(tiny_model, tmp_path, c
     res = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["line"] for r in res] == list(range(1, 7)) and {r["status"] for r in res} <= {"found", "not_found"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bank", "pairs.jsonl", "r.jsonl"]
+
+
+def test_bank_build_refuses_a_folder_that_is_not_a_bank_before_any_work(tmp_path, capsys, monkeypatch):
+    import jaxplain.models
+
+    monkeypatch.setattr(jaxplain.models, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"mine")
+    argv = ["bank", "build", "--model", str(TINY), "--texts", "t.txt", "--out", str(photos)]
+    assert main(argv) == EXIT_ERROR
+    assert capsys.readouterr().err.strip() == (
+        f"jaxplain: error: --out {photos}: exists and is not a jaxplain bank; refusing to overwrite it "
+        "(give a new path)"
+    )
+    assert [p.name for p in photos.iterdir()] == ["a.jpg"] and (photos / "a.jpg").read_bytes() == b"mine"

@@ -150,8 +150,18 @@ def build(args: argparse.Namespace) -> int:
     """``bank build``: the output checked before any work and held against other runs for the build."""
     from jaxplain.commands.common import output
 
-    with output(args.out, kind="directory", lock=not args.distributed):
+    with output(args.out, kind="directory", lock=not args.distributed) as out:
+        _check_replaceable(out)
         return _build(args)
+
+
+def _check_replaceable(out) -> None:
+    """Refuse, before any work, an ``--out`` that holds something other than a bank (or a sharded build to
+    resume): a bank replaces the directory it is saved to."""
+    from jaxplain.jobs import JOB_FILE
+
+    if out.is_dir() and any(out.iterdir()) and not (out / "bank.json").is_file() and not (out / JOB_FILE).is_file():
+        raise InputError(f"--out {out}: exists and is not a jaxplain bank; refusing to overwrite it (give a new path)")
 
 
 def _build(args: argparse.Namespace) -> int:
