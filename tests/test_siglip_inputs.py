@@ -313,3 +313,14 @@ def test_bad_items_are_named(tmp_path):
     assert keep([a, a]).shape == (2, 3, 8, 8)
     with pytest.raises(InputError, match=r"item 1 .*9×8 pixels, but do_resize is false and the first image is 8×8"):
         keep([a, b])
+
+
+def test_a_sentencepiece_model_without_the_package_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "sentencepiece" else real(name, *a)
+    )
+    with pytest.raises(CheckpointError, match=r"SentencePiece model \(spiece.model\); install the sentencepiece"):
+        SiglipTokenizer.from_directory(TOKENIZERS / "siglip")
