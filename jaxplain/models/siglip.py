@@ -94,7 +94,9 @@ class SiglipVisionConfig:
 
     @property
     def grid_size(self) -> int:
-        """Patches along one side of the image."""
+        """Patches along one side of the image. The patch convolution has no padding, so an image size that
+        is not a multiple of the patch size (384 with 14-pixel patches: 27 patches) drops the last rows and
+        columns of pixels."""
         return self.image_size // self.patch_size
 
     @property
@@ -150,7 +152,7 @@ class SiglipConfig:
         Missing (or null) keys take transformers' defaults; a missing text ``projection_size`` is the text
         width, as there. Every value is checked before use: a wrong type or a value out of range (a size
         that is a string, zero or negative; a tower that is not an object; heads that do not divide the
-        width; an image size that is not a multiple of the patch size; an unknown activation; an image
+        width; a patch larger than the image; an unknown activation; an image
         tower without its attention-pooling head; a text head whose size differs from the image width, so
         the two embeddings could not be compared) raises :class:`~jaxplain.errors.CheckpointError` naming
         ``source`` and the key.
@@ -186,10 +188,10 @@ class SiglipConfig:
                         f"{source}: '{where}.vision_use_head' must be true (SigLIP's image embedding is its "
                         f"attention-pooling head's output), got {_short(use_head)}"
                     )
-                if cfg.image_size % cfg.patch_size:
+                if cfg.patch_size > cfg.image_size:
                     raise CheckpointError(
-                        f"{source}: '{where}.image_size' ({cfg.image_size}) must be a multiple of "
-                        f"'{where}.patch_size' ({cfg.patch_size})"
+                        f"{source}: '{where}.patch_size' ({cfg.patch_size}) must not exceed "
+                        f"'{where}.image_size' ({cfg.image_size})"
                     )
         text, vision = towers["text_config"], towers["vision_config"]
         if text.projection_size != vision.hidden_size:
@@ -239,7 +241,9 @@ def embed_patches(params: Params, pixels: jax.Array, config: SiglipConfig) -> ja
     if pixels.ndim != 4 or tuple(pixels.shape[1:]) != want:
         raise ValueError(f"pixels must be [N, {want[0]}, {want[1]}, {want[2]}] for this model, got {pixels.shape}")
     kernel = p["patch_embedding"]["kernel"]
-    return dense(patchify(pixels.astype(kernel.dtype), v.patch_size), p["patch_embedding"])
+    covered = v.grid_size * v.patch_size  # the convolution's valid padding drops the remainder
+    pixels = pixels[..., :covered, :covered].astype(kernel.dtype)
+    return dense(patchify(pixels, v.patch_size), p["patch_embedding"])
 
 
 def attention_pool(x: jax.Array, p: Params, config: SiglipVisionConfig) -> tuple[jax.Array, jax.Array]:
@@ -303,7 +307,7 @@ def image_forward(
 
 def embed_tokens(params: Params, token_ids: jax.Array) -> jax.Array:
     """Token embeddings ``[N, T, D]`` of ``token_ids`` ``[N, T]`` (without the position embeddings)."""
-    return params["text"]["token_embedding"][token_ids]
+    return jnp.asarray(params["text"]["token_embedding"])[token_ids]  # params may be NumPy arrays
 
 
 @full_precision
