@@ -245,3 +245,16 @@ def test_a_malformed_template_is_an_error_of_its_line(bank_dir, tmp_path):
         "line 3: template '{x}: {}' must hold one '{}' and no other braces (write '{{' and '}}' for literal ones): 'x'",
     ]
     assert res[3]["status"] in ("found", "not_found")
+
+
+def test_bank_build_texts_skips_a_line_that_is_not_utf8_and_keeps_line_ids(tiny_model, tmp_path, capsys):
+    from jaxplain.counterfactual.bank import Bank
+
+    texts = tmp_path / "captions.txt"
+    texts.write_bytes("a red bag\u2028with straps\n".encode() + b"a sh\xffirt\n" + b"a sandal\n")
+    out = tmp_path / "bank"
+    assert main(["bank", "build", "--model", str(TINY), "--texts", str(texts), "--out", str(out)]) == EXIT_BAD_ITEMS
+    assert f"jaxplain: skipped {texts}:2: not UTF-8 text (byte 0xff at column 5)" in capsys.readouterr().err
+    bank = Bank.load(out, model=tiny_model)
+    assert bank.items == ["a red bag\u2028with straps", "a sandal"] and bank.ids == ["text:1", "text:3"]
+    np.testing.assert_allclose(bank.embeddings, tiny_model.encode_texts(bank.items), atol=1e-6)

@@ -8,7 +8,8 @@ import sys
 import time
 import warnings
 
-from jaxplain.commands.common import EXIT_BAD_ITEMS, EXIT_OK, fraction, positive_int, read_lines, report
+from jaxplain.commands.common import EXIT_BAD_ITEMS, EXIT_OK, fraction, positive_int, report
+from jaxplain.data.lines import read_items
 from jaxplain.errors import InputError
 
 SHARD_SIZE = 100_000
@@ -187,17 +188,24 @@ def _build(args: argparse.Namespace) -> int:
     files = image_files(args.images) if args.images else None
     if files is not None and not files:
         raise InputError(f"no image files found in {' '.join(args.images)}")
-    texts = read_lines(args.texts, "texts") if args.texts else None
+    texts, problems = read_items(args.texts, "texts") if args.texts else (None, {})
     if len(files if files is not None else texts) > args.shard_size or args.distributed:
+        if problems:
+            n = min(problems)
+            raise InputError(f"{args.texts}: line {n}: {problems[n]}; the texts of a sharded bank must be UTF-8 text")
         return build_sharded_bank(args, model, files, texts, start)
     if args.images:
         bank, errors = build_bank(model, images=[str(f) for f in files], backend=args.index, batch_size=args.batch_size)
     else:
+        # A line that is not UTF-8 is a bad item of its own; the others keep their line numbers as their ids.
+        good = [i for i in range(len(texts)) if i + 1 not in problems]
+        kw = {"source": args.texts} if not problems else {"ids": [f"text:{i + 1}" for i in good]}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             bank, errors = build_bank(
-                model, texts=texts, backend=args.index, batch_size=args.batch_size, source=args.texts
+                model, texts=[texts[i] for i in good], backend=args.index, batch_size=args.batch_size, **kw
             )
+        errors = [{"item": f"{args.texts}:{n}", "error": why} for n, why in sorted(problems.items())] + errors
         for w in caught:
             print(f"jaxplain: warning: {w.message}", file=sys.stderr)
     return _saved(args, bank, errors, start)
