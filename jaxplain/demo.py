@@ -93,6 +93,7 @@ def run_demo(
 
     Returns the per-image records, a summary, and the image and caption banks used.
     """
+    model.require_softmax("the demo")
     start = time.perf_counter()
     if image_bank is None:
         image_bank, _ = build_bank(model, images=data.images, labels=data.labels, progress=progress)

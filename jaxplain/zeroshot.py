@@ -110,4 +110,15 @@ def classify(
 ) -> np.ndarray:
     """Zero-shot class probabilities ``[N, C]`` for images (any form :meth:`Model.encode_images` takes)."""
     cls = class_embeddings(model, class_names, templates)
-    return np.asarray(zero_shot_probs(model.encode_images(images), cls, model.logit_scale))
+    return probabilities(model, model.encode_images(images), cls)
+
+
+def probabilities(model: Model, image_emb, class_emb) -> np.ndarray:
+    """Class probabilities ``[N, C]`` by the model's own decision (:attr:`Model.decision`): CLIP's softmax
+    over the classes (:func:`zero_shot_probs`), or SigLIP's sigmoid of each class on its own,
+    ``σ(s · u · v_c + b)``, where several classes or none may pass 0.5."""
+    if model.decision == "softmax":
+        return np.asarray(zero_shot_probs(image_emb, class_emb, model.logit_scale))
+    from jaxplain.models.family import class_probabilities
+
+    return np.asarray(class_probabilities(image_emb, class_emb, model.logit_scale, model.logit_bias, model.decision))

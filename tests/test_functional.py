@@ -143,17 +143,17 @@ def test_text_length_bucket():
 
 
 def test_encode_ids_batches_texts_by_length(tiny_model, reference, monkeypatch):
-    import jaxplain.models.bundle as bundle
+    from jaxplain.models.family import CLIP
 
     ids = reference["input_ids"]  # the texts end after 8, 9, 14, 28, 6 and 77 tokens
     shapes = []
-    real = bundle.encode_text_jit
+    real = CLIP.text_jit
 
     def spy(params, x, config):
         shapes.append(x.shape)
         return real(params, x, config=config)
 
-    monkeypatch.setattr(bundle, "encode_text_jit", spy)
+    monkeypatch.setitem(CLIP.__dict__, "text_jit", spy)  # the family's jitted encoder, made on first use
     got = tiny_model.encode_ids(ids, batch_size=2)
     # by length: (6, 8), (9, 14), (28, 77); each pair cut after its longer text
     assert shapes == [(2, 8), (2, 14), (2, 77)]

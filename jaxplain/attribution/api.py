@@ -266,6 +266,7 @@ def attribute(
     Returns:
       an :class:`Attribution`.
     """
+    model.require_softmax("attribution")
     if side not in ("image", "text"):
         raise InputError(f"side {side!r}: use 'image' or 'text'")
     if method not in METHODS:

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, out: Path) -> int:
     from jaxplain.models import load
     from jaxplain.outputs import atomic_writer, json_line, write_json
-    from jaxplain.zeroshot import DEFAULT_TEMPLATES, class_embeddings, zero_shot_probs
+    from jaxplain.zeroshot import DEFAULT_TEMPLATES, class_embeddings, probabilities
 
     items, names, labels, classes = _inputs(args)
     templates = read_lines(args.templates_file, "templates") if args.templates_file else list(DEFAULT_TEMPLATES)
@@ -117,7 +117,7 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     report(errors)
     if emb is None:
         raise InputError(f"no image could be classified ({bad_items(errors)}); nothing written")
-    probs = np.asarray(zero_shot_probs(emb, cls_emb, model.logit_scale))
+    probs = probabilities(model, emb, cls_emb)
     seconds = time.perf_counter() - start
     pred = probs.argmax(1)
     with atomic_writer(out, "w") as f:

@@ -351,6 +351,7 @@ def counterfactuals(
       a :class:`CounterfactualResult`, one :class:`PairResult` per pair in input order.
     """
     start = time.perf_counter()
+    model.require_softmax("counterfactuals")
     if side not in ("image", "text"):
         raise InputError(f"side must be 'image' or 'text', got {side!r}")
     if search not in ("auto", "index", "exhaustive"):

@@ -16,35 +16,22 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh
 
 from jaxplain import sharding
 from jaxplain.batching import bucket, chunks, map_bucketed, pad_rows
 from jaxplain.data.images import ImageLike, ImageProcessing
 from jaxplain.data.tokenize import Tokenizer
+from jaxplain.errors import InputError
 from jaxplain.models import clip
 from jaxplain.models.config import ClipConfig
+from jaxplain.models.family import CLIP, Family
 
-encode_image_jit = jax.jit(clip.encode_image, static_argnames="config")
-encode_text_jit = jax.jit(clip.encode_text, static_argnames="config")
-
-
-def _on_devices(encode):
-    """``encode(params, x, config)`` run by every device of ``mesh`` on its own rows of ``x`` ``[D·B, ...]``
-    (the params replicated): each device runs the single-device program on a ``[B, ...]`` batch."""
-
-    def run(params, x, config, mesh, axis=sharding.DATA):
-        rows = PartitionSpec(axis)
-        local = lambda p, v: encode(p, v, config)  # noqa: E731
-        return jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), rows), out_specs=rows, check_vma=False)(
-            params, x
-        )
-
-    return jax.jit(run, static_argnames=("config", "mesh", "axis"))
-
-
-encode_image_sharded = _on_devices(clip.encode_image)
-encode_text_sharded = _on_devices(clip.encode_text)
+# The CLIP encoders, jitted (kept under these names for research code; a model runs its family's own).
+encode_image_jit = CLIP.image_jit
+encode_text_jit = CLIP.text_jit
+encode_image_sharded = CLIP.image_sharded
+encode_text_sharded = CLIP.text_sharded
 
 IMAGE_BATCH = 64
 TEXT_BATCH = 256
@@ -75,13 +62,18 @@ def tokenizer_identity(tokenizer: Tokenizer) -> dict:
         spec = {"vocab": sorted(hf.get_vocab().items())}
     return {
         "context_length": tokenizer.context_length,
-        "ids": [tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id],
+        "ids": [getattr(tokenizer, "bos_id", None), tokenizer.eos_id, tokenizer.pad_id],
         "tokenizer": spec,
     }
 
 
 def fingerprint(
-    config: ClipConfig, params: clip.Params, *, processing: ImageProcessing, tokenizer: Tokenizer | None
+    config: ClipConfig,
+    params: clip.Params,
+    *,
+    processing: ImageProcessing,
+    tokenizer: Tokenizer | None,
+    family: Family = CLIP,
 ) -> str:
     """A short hash of all that decides a model's embeddings: the config, the float32 weights, the image
     preprocessing (:meth:`~jaxplain.data.images.ImageProcessing.to_hf_dict`: sizes, crop, normalisation)
@@ -89,8 +81,10 @@ def fingerprint(
     same embeddings for the same images and texts. Banks and indexes record it so they cannot be mixed with
     another model's, or with the same weights fed differently. Either layout of the layers
     (:func:`jaxplain.models.clip.unstack_layers`) gives the same hash."""
-    params = clip.stack_layers(params)
+    params = family.stack_layers(params)
     h = hashlib.blake2b(digest_size=12)
+    if family is not CLIP:  # a CLIP model's hash is what it was before families were named
+        h.update(family.name.encode())
     h.update(json.dumps(config.to_hf_dict(), sort_keys=True).encode())
     for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(params)[0], key=lambda kv: str(kv[0])):
         h.update(str(path).encode())
@@ -136,16 +130,37 @@ class Model:
     processing: ImageProcessing
     fingerprint: str
     directory: Path | None = None
+    family: Family = CLIP
 
     @property
     def embed_dim(self) -> int:
         """Width ``E`` of the shared embedding space."""
-        return self.config.projection_dim
+        return self.family.embed_dim(self.config)
 
     @property
     def logit_scale(self) -> float:
         """The temperature ``s = exp(logit_scale)`` applied to cosine similarities."""
-        return float(clip.logit_scale(self.params))
+        return float(self.family.logit_scale(self.params))
+
+    @property
+    def logit_bias(self) -> float:
+        """The bias ``b`` added to every scaled similarity (SigLIP's; 0 for CLIP)."""
+        return float(self.family.logit_bias(self.params))
+
+    @property
+    def decision(self) -> str:
+        """How scores become probabilities: ``"softmax"`` over classes (CLIP) or ``"sigmoid"`` per class
+        (SigLIP); see :mod:`jaxplain.models.family`."""
+        return self.family.decision
+
+    def require_softmax(self, what: str) -> None:
+        """Refuse a use that is built on CLIP's softmax decision for a model whose decision differs (rather
+        than explain a decision the model does not make)."""
+        if self.decision != "softmax":
+            raise InputError(
+                f"{what} is not available yet for {self.name!r}, a {self.family.name} model: it reads the "
+                f"softmax over classes, and this model decides by a {self.decision} per class"
+            )
 
     def with_params(self, params: clip.Params, same_model: bool = False) -> Model:
         """The bundle with other weights. Their fingerprint is recomputed, unless ``same_model`` says they
@@ -153,7 +168,9 @@ class Model:
         fp = (
             self.fingerprint
             if same_model
-            else fingerprint(self.config, params, processing=self.processing, tokenizer=self.tokenizer)
+            else fingerprint(
+                self.config, params, processing=self.processing, tokenizer=self.tokenizer, family=self.family
+            )
         )
         return dataclasses.replace(self, params=params, fingerprint=fp)
 
@@ -162,7 +179,7 @@ class Model:
         """:attr:`params` with the layers unstacked (:func:`jaxplain.models.clip.unstack_layers`), which
         ``encode_*`` run on: the same numbers, faster for small batches on a CPU. Made on first use and
         kept; it holds a second copy of the layer weights."""
-        return clip.unstack_layers(self.params)
+        return self.family.unstack_layers(self.params)
 
     @functools.cached_property
     def text_cache(self) -> dict:
@@ -197,10 +214,10 @@ class Model:
         x = np.asarray(pixels, np.float32)
         if mesh is None or not len(x):
             params = self.inference_params
-            fn = lambda v: encode_image_jit(params, v, config=self.config)  # noqa: E731
+            fn = lambda v: self.family.image_jit(params, v, config=self.config)  # noqa: E731
             return map_bucketed(fn, x, batch_size).astype(np.float32)
         params = self.params_on(mesh)
-        fn = lambda v: encode_image_sharded(params, v, config=self.config, mesh=mesh)  # noqa: E731
+        fn = lambda v: self.family.image_sharded(params, v, config=self.config, mesh=mesh)  # noqa: E731
         batches = [
             (np.arange(s.start, s.stop), x[s], bucket(s.stop - s.start, batch_size)) for s in chunks(len(x), batch_size)
         ]
@@ -222,10 +239,13 @@ class Model:
         """
         ids = np.asarray(token_ids, np.int32)
         params = self.inference_params
-        fn = lambda x: encode_text_jit(params, x, config=self.config)  # noqa: E731
+        fn = lambda x: self.family.text_jit(params, x, config=self.config)  # noqa: E731
         if not ids.size:
             return map_bucketed(fn, ids, batch_size).astype(np.float32)
-        ends = np.asarray(clip.eos_positions(ids, self.config)) + 1
+        if self.family.causal_text:
+            ends = np.asarray(clip.eos_positions(ids, self.config)) + 1
+        else:  # a bidirectional tower pooled at the last position: every text keeps its whole length
+            ends = np.full(len(ids), ids.shape[1])
         order = np.argsort(ends, kind="stable") if len(ids) > batch_size else np.arange(len(ids))
         batches = []
         for s in chunks(len(ids), batch_size):
@@ -234,7 +254,7 @@ class Model:
             batches.append((rows, ids[rows, :length], bucket(len(rows), batch_size)))
         if mesh is not None:
             params = self.params_on(mesh)
-            fn = lambda v: encode_text_sharded(params, v, config=self.config, mesh=mesh)  # noqa: E731
+            fn = lambda v: self.family.text_sharded(params, v, config=self.config, mesh=mesh)  # noqa: E731
             if sharding.spans_processes(mesh):  # the processes' batches go out together: agree on a length
                 batches = _agree_lengths(batches, ids, sharding.local_blocks(mesh))
             return self._encode_on_mesh(fn, batches, len(ids), mesh)
@@ -302,9 +322,10 @@ class Model:
 
     def __repr__(self) -> str:
         c = self.config
+        family = "" if self.family is CLIP else f"{self.family.name}, "
         return (
-            f"Model({self.name!r}, vision {c.vision.num_layers}×{c.vision.hidden_size} "
+            f"Model({self.name!r}, {family}vision {c.vision.num_layers}×{c.vision.hidden_size} "
             f"patch {c.vision.patch_size} @ {c.vision.image_size}px, text {c.text.num_layers}×"
-            f"{c.text.hidden_size}, embed {c.projection_dim}, {clip.num_params(self.params):,} params, "
+            f"{c.text.hidden_size}, embed {self.embed_dim}, {clip.num_params(self.params):,} params, "
             f"fingerprint {self.fingerprint})"
         )

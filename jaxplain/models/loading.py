@@ -212,6 +212,8 @@ def load(name_or_path: str | os.PathLike, *, dtype: str = "float32") -> Model:
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     directory = resolve(name_or_path)
+    if _model_type(directory) == "siglip":
+        return _load_siglip(directory, str(name_or_path), dtype)
     config = read_config(directory)
     state = read_weights(directory)
     host = params_from_state_dict(state, config, source=str(directory))
@@ -229,6 +231,58 @@ def load(name_or_path: str | os.PathLike, *, dtype: str = "float32") -> Model:
         processing=processing,
         fingerprint=fp,
         directory=directory,
+    )
+
+
+def _model_type(directory: Path) -> str | None:
+    """The ``model_type`` of a checkpoint's ``config.json`` (None where it has none, or cannot be read:
+    the CLIP reader then says what is wrong)."""
+    try:
+        d = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return d.get("model_type") if isinstance(d, dict) else None
+
+
+def _load_siglip(directory: Path, name: str, dtype: str) -> Model:
+    """A transformers ``SiglipModel`` directory as a :class:`Model` of the SigLIP family: its towers
+    (:mod:`jaxplain.models.siglip`), its own tokenizer and square preprocessing
+    (:mod:`jaxplain.data.siglip_inputs`), and its sigmoid decision."""
+    from jaxplain.data.siglip_inputs import SiglipImageProcessing, SiglipTokenizer
+    from jaxplain.models.family import SIGLIP
+    from jaxplain.models.siglip_convert import read_checkpoint
+
+    host, config = read_checkpoint(directory)
+    tokenizer = SiglipTokenizer.from_directory(directory, config.text.max_positions)
+    if tokenizer.vocab_size > config.text.vocab_size:
+        raise CheckpointError(
+            f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding table "
+            f"has {config.text.vocab_size} rows"
+        )
+    size = config.vision.image_size
+    if (directory / "preprocessor_config.json").exists():
+        processing = SiglipImageProcessing.from_directory(directory)
+    else:  # SigLIP's standard preprocessing at the tower's size
+        processing = SiglipImageProcessing.for_image_size(size)
+    if (processing.height, processing.width) != (size, size):
+        raise CheckpointError(
+            f"{directory}: preprocessor_config.json resizes images to {processing.height}×{processing.width}, "
+            f"but the vision tower takes {size}×{size}"
+        )
+    fp = fingerprint(config, host, processing=processing, tokenizer=tokenizer, family=SIGLIP)
+    params = jax.tree.map(jnp.asarray, host)
+    if dtype != "float32":
+        params = clip.cast_params(params, DTYPES[dtype])  # the temperature stays float32; so does the bias
+        params["logit_bias"] = jnp.asarray(host["logit_bias"])
+    return Model(
+        name=name,
+        config=config,
+        params=params,
+        tokenizer=tokenizer,
+        processing=processing,
+        fingerprint=fp,
+        directory=directory,
+        family=SIGLIP,
     )
 
 
