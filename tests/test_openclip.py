@@ -374,13 +374,17 @@ def torch_openclip(case: str, quick_gelu: bool, seed: int):
                 p.copy_(0.1 * torch.randn_like(p))
             elif name == "logit_scale":
                 p.fill_(4.2)
-            else:
-                fan_in = p.shape[-1] if p.ndim == 2 and "embedding" not in name else 1
-                if name.endswith(("proj", "text_projection")):
-                    fan_in = p.shape[0]
-                if name == "visual.conv1.weight":
-                    fan_in = p[0].numel()
-                p.copy_(torch.randn_like(p) * (fan_in**-0.5 if fan_in > 1 else 0.5))
+            elif name in ("visual.class_embedding", "visual.positional_embedding"):
+                p.copy_(torch.randn_like(p) * vw**-0.5)  # OpenCLIP's scale: the patches dominate the tokens
+            elif name in ("token_embedding.weight", "positional_embedding"):
+                p.copy_(torch.randn_like(p) * (0.5 if name.startswith("token") else 0.1))
+            elif name == "visual.conv1.weight":
+                p.copy_(torch.randn_like(p) * p[0].numel() ** -0.5)
+            elif name in ("visual.proj", "text_projection"):  # [in, out]
+                p.copy_(torch.randn_like(p) * p.shape[0] ** -0.5)
+            else:  # torch's [out, in]; q and k larger, for sharp attention that depends on the input
+                gain = 3.0 if name.endswith("in_proj_weight") else 1.0
+                p.copy_(torch.randn_like(p) * gain * p.shape[1] ** -0.5)
     cfg = {
         "model_cfg": {
             "embed_dim": embed,
