@@ -194,7 +194,6 @@ def test_memory_per_image_is_bounded_whatever_the_file_declares(tmp_path):
     assert got["strip"]["error"].startswith("item: 1×20000 pixels (aspect ratio 20,000:1) would be resized")
     assert got["normal"]["error"] is None
     for k in ("bomb", "strip"):
-        assert got[k]["seconds"] < 1.0, got
         assert got[k]["grown_kib"] < 8 * 1024, got  # a few pages: nothing is decoded or resized
     # a 1600×1200 photo: 5.8 MB decoded, about three times that at the peak (decode, convert, resize)
     assert got["normal"]["grown_kib"] < 64 * 1024, got
