@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxplain.errors import CheckpointError
 from jaxplain.models.blip import BlipConfig, stack_layers
+from jaxplain.models.convert import check_tensors, get_path, set_path
 from jaxplain.models.loading import read_weights
 
 # Buffers some checkpoints carry that are not weights (they equal arange(positions)).
@@ -96,18 +97,6 @@ def itm_keys(config: BlipConfig) -> list[str]:
     return [s[0] for s in _specs(config) if s[1][0] == "itm"]
 
 
-def _set(tree: dict, path: tuple, value: Any) -> None:
-    for k in path[:-1]:
-        tree = tree.setdefault(k, {})
-    tree[path[-1]] = value
-
-
-def _get(tree: dict, path: tuple) -> Any:
-    for k in path:
-        tree = tree[k]
-    return tree
-
-
 def _qkv_path(path: tuple, name: str) -> tuple:
     return (*path[:-2], name, path[-1])
 
@@ -121,30 +110,14 @@ def params_from_state_dict(
     Raises :class:`~jaxplain.errors.CheckpointError` naming every missing, left-over or mis-shaped tensor.
     """
     specs = list(_specs(config))
-    wanted = {s[0] for s in specs}
-    missing = sorted(wanted - state.keys())
-    leftover = sorted(state.keys() - wanted - set(IGNORED_KEYS))
-    wrong = [
-        f"{key}: {tuple(np.shape(state[key]))} in the checkpoint, {shape} expected from its config"
-        for key, _, _, _, shape in specs
-        if key in state and tuple(np.shape(state[key])) != shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing tensors ({len(missing)}): " + ", ".join(missing))
-    if leftover:
-        problems.append(f"left-over tensors not used by the model ({len(leftover)}): " + ", ".join(leftover))
-    if wrong:
-        problems.append("wrong shapes: " + "; ".join(wrong))
-    if problems:
-        raise CheckpointError(f"{source} does not match its config:\n  " + "\n  ".join(problems))
+    check_tensors(state, specs, IGNORED_KEYS, source, expected_from="its config", config_name="its config")
 
     layered: dict[tuple, list] = {}
     params: dict = {}
 
     def put(path, layer, x):
         if layer is None:
-            _set(params, path, np.ascontiguousarray(x))
+            set_path(params, path, np.ascontiguousarray(x))
         else:
             layered.setdefault(path, []).append(x)
 
@@ -162,7 +135,7 @@ def params_from_state_dict(
             x = x.reshape(x.shape[-2:]) if x.shape[1] > 1 else x.reshape(-1)
         put(path, layer, x)
     for path, xs in layered.items():
-        _set(params, path, np.stack(xs))
+        set_path(params, path, np.stack(xs))
     return params
 
 
@@ -174,12 +147,12 @@ def state_dict_from_params(params: dict[str, Any], config: BlipConfig) -> dict[s
     state = {}
     for key, path, layer, kind, shape in _specs(config):
         if kind == "qkv":
-            parts = [np.asarray(_get(params, _qkv_path(path, name)), dtype=np.float32) for name in "qkv"]
+            parts = [np.asarray(get_path(params, _qkv_path(path, name)), dtype=np.float32) for name in "qkv"]
             if layer is not None:
                 parts = [p[layer] for p in parts]
             x = np.concatenate([p.T for p in parts], axis=0)
         else:
-            x = np.asarray(_get(params, path), dtype=np.float32)
+            x = np.asarray(get_path(params, path), dtype=np.float32)
             if layer is not None:
                 x = x[layer]
             if kind == "linear":

@@ -7,7 +7,7 @@ left over or mis-shaped is an error that names it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -103,32 +103,38 @@ def expected_keys(config: ClipConfig) -> list[str]:
     return [s[0] for s in _specs(config)]
 
 
-def _set(tree: dict, path: tuple, value: Any) -> None:
+def set_path(tree: dict, path: tuple, value: Any) -> None:
+    """``tree[path[0]][path[1]]… = value``, making the dicts on the way."""
     for k in path[:-1]:
         tree = tree.setdefault(k, {})
     tree[path[-1]] = value
 
 
-def _get(tree: dict, path: tuple) -> Any:
+def get_path(tree: dict, path: tuple) -> Any:
+    """``tree[path[0]][path[1]]…``."""
     for k in path:
         tree = tree[k]
     return tree
 
 
-def params_from_state_dict(state: dict[str, np.ndarray], config: ClipConfig, source: str = "checkpoint") -> dict:
-    """Hugging Face ``CLIPModel`` tensors → jaxplain params (NumPy float32 arrays).
-
-    Raises :class:`~jaxplain.errors.CheckpointError` naming every missing, left-over or mis-shaped
-    tensor.
-    """
-    specs = list(_specs(config))
+def check_tensors(
+    state: dict[str, Any],
+    specs: list[tuple],
+    ignored: Sequence[str],
+    source: str,
+    expected_from: str = "its config",
+    config_name: str = "its config",
+) -> None:
+    """Check a checkpoint's tensors against a converter's specs (``(key, path, layer, kind, shape)`` each):
+    every key present with its shape, and nothing left over but the ``ignored`` keys. Raises
+    :class:`~jaxplain.errors.CheckpointError` naming every missing, left-over or mis-shaped tensor."""
     wanted = {s[0] for s in specs}
     missing = sorted(wanted - state.keys())
-    leftover = sorted(state.keys() - wanted - set(IGNORED_KEYS))
+    leftover = sorted(state.keys() - wanted - set(ignored))
     wrong = [
-        f"{key}: {tuple(state[key].shape)} in the checkpoint, {shape} expected from config.json"
+        f"{key}: {tuple(np.shape(state[key]))} in the checkpoint, {shape} expected from {expected_from}"
         for key, _, _, _, shape in specs
-        if key in state and tuple(state[key].shape) != shape
+        if key in state and tuple(np.shape(state[key])) != shape
     ]
     problems = []
     if missing:
@@ -138,7 +144,17 @@ def params_from_state_dict(state: dict[str, np.ndarray], config: ClipConfig, sou
     if wrong:
         problems.append("wrong shapes: " + "; ".join(wrong))
     if problems:
-        raise CheckpointError(f"{source} does not match its config:\n  " + "\n  ".join(problems))
+        raise CheckpointError(f"{source} does not match {config_name}:\n  " + "\n  ".join(problems))
+
+
+def params_from_state_dict(state: dict[str, np.ndarray], config: ClipConfig, source: str = "checkpoint") -> dict:
+    """Hugging Face ``CLIPModel`` tensors → jaxplain params (NumPy float32 arrays).
+
+    Raises :class:`~jaxplain.errors.CheckpointError` naming every missing, left-over or mis-shaped
+    tensor.
+    """
+    specs = list(_specs(config))
+    check_tensors(state, specs, IGNORED_KEYS, source, expected_from="config.json")
 
     layered: dict[tuple, list] = {}
     params: dict = {}
@@ -149,11 +165,11 @@ def params_from_state_dict(state: dict[str, np.ndarray], config: ClipConfig, sou
         elif kind == "patch":
             x = x.reshape(x.shape[0], -1).T
         if layer is None:
-            _set(params, path, x)
+            set_path(params, path, x)
         else:
             layered.setdefault(path, []).append(x)
     for path, xs in layered.items():
-        _set(params, path, np.stack(xs))
+        set_path(params, path, np.stack(xs))
     return params
 
 
@@ -162,7 +178,7 @@ def state_dict_from_params(params: dict, config: ClipConfig) -> dict[str, np.nda
     v = config.vision
     state = {}
     for key, path, layer, kind, shape in _specs(config):
-        x = np.asarray(_get(params, path), dtype=np.float32)
+        x = np.asarray(get_path(params, path), dtype=np.float32)
         if layer is not None:
             x = x[layer]
         if kind == "linear":

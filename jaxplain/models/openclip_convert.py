@@ -34,6 +34,7 @@ from PIL import Image
 from jaxplain.data.images import ImageProcessing
 from jaxplain.errors import CheckpointError
 from jaxplain.models.config import ClipConfig, TextConfig, VisionConfig
+from jaxplain.models.convert import check_tensors, set_path
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -437,12 +438,6 @@ def expected_openclip_keys(config: ClipConfig) -> list[str]:
     return [s[0] for s in _specs(config)]
 
 
-def _set(tree: dict, path: tuple, value: Any) -> None:
-    for k in path[:-1]:
-        tree = tree.setdefault(k, {})
-    tree[path[-1]] = value
-
-
 def params_from_openclip_state(
     state: dict[str, np.ndarray], config: ClipConfig, source: str = "checkpoint"
 ) -> dict[str, Any]:
@@ -455,23 +450,7 @@ def params_from_openclip_state(
     tensor (a left-over one is, e.g., the layer scale or logit bias of a variant the config did not declare).
     """
     specs = list(_specs(config))
-    wanted = {s[0] for s in specs}
-    missing = sorted(wanted - state.keys())
-    leftover = sorted(state.keys() - wanted - set(IGNORED_KEYS))
-    wrong = [
-        f"{key}: {tuple(np.shape(state[key]))} in the checkpoint, {shape} expected from the config"
-        for key, _, _, _, shape in specs
-        if key in state and tuple(np.shape(state[key])) != shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing tensors ({len(missing)}): " + ", ".join(missing))
-    if leftover:
-        problems.append(f"left-over tensors not used by the model ({len(leftover)}): " + ", ".join(leftover))
-    if wrong:
-        problems.append("wrong shapes: " + "; ".join(wrong))
-    if problems:
-        raise CheckpointError(f"{source} does not match its OpenCLIP config:\n  " + "\n  ".join(problems))
+    check_tensors(state, specs, IGNORED_KEYS, source, expected_from="the config", config_name="its OpenCLIP config")
 
     layered: dict[tuple, list] = {}
     params: dict[str, Any] = {}
@@ -487,11 +466,11 @@ def params_from_openclip_state(
         elif kind == "patch":
             x = x.reshape(x.shape[0], -1).T
         if layer is None:
-            _set(params, path, x)
+            set_path(params, path, x)
         else:
             layered.setdefault(path, []).append(x)
     for path, xs in layered.items():
-        _set(params, path, np.stack(xs))
+        set_path(params, path, np.stack(xs))
     return params
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from jaxplain.errors import CheckpointError
+from jaxplain.models.convert import check_tensors, get_path, set_path
 from jaxplain.models.loading import read_weights
 from jaxplain.models.siglip import SiglipConfig, stack_layers
 
@@ -85,18 +86,6 @@ def expected_keys(config: SiglipConfig) -> list[str]:
     return [s[0] for s in _specs(config)]
 
 
-def _set(tree: dict, path: tuple, value: Any) -> None:
-    for k in path[:-1]:
-        tree = tree.setdefault(k, {})
-    tree[path[-1]] = value
-
-
-def _get(tree: dict, path: tuple) -> Any:
-    for k in path:
-        tree = tree[k]
-    return tree
-
-
 def params_from_state_dict(
     state: dict[str, np.ndarray], config: SiglipConfig, source: str = "checkpoint"
 ) -> dict[str, Any]:
@@ -105,23 +94,7 @@ def params_from_state_dict(
     Raises :class:`~jaxplain.errors.CheckpointError` naming every missing, left-over or mis-shaped tensor.
     """
     specs = list(_specs(config))
-    wanted = {s[0] for s in specs}
-    missing = sorted(wanted - state.keys())
-    leftover = sorted(state.keys() - wanted - set(IGNORED_KEYS))
-    wrong = [
-        f"{key}: {tuple(np.shape(state[key]))} in the checkpoint, {shape} expected from its config"
-        for key, _, _, _, shape in specs
-        if key in state and tuple(np.shape(state[key])) != shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing tensors ({len(missing)}): " + ", ".join(missing))
-    if leftover:
-        problems.append(f"left-over tensors not used by the model ({len(leftover)}): " + ", ".join(leftover))
-    if wrong:
-        problems.append("wrong shapes: " + "; ".join(wrong))
-    if problems:
-        raise CheckpointError(f"{source} does not match its config:\n  " + "\n  ".join(problems))
+    check_tensors(state, specs, IGNORED_KEYS, source, expected_from="its config", config_name="its config")
 
     layered: dict[tuple, list] = {}
     params: dict = {}
@@ -129,7 +102,7 @@ def params_from_state_dict(
         x = np.asarray(state[key], dtype=np.float32)
         if kind == "in_proj":  # [3D, D] weight or [3D] bias → q, k, v
             for name, part in zip(("q", "k", "v"), np.split(x, 3, axis=0)):
-                _set(params, (*path[:-1], name, path[-1]), np.ascontiguousarray(part.T))
+                set_path(params, (*path[:-1], name, path[-1]), np.ascontiguousarray(part.T))
             continue
         if kind == "linear":
             x = x.T
@@ -140,11 +113,11 @@ def params_from_state_dict(
         elif kind == "probe":
             x = x.reshape(-1)
         if layer is None:
-            _set(params, path, np.ascontiguousarray(x) if x.ndim else x)
+            set_path(params, path, np.ascontiguousarray(x) if x.ndim else x)
         else:
             layered.setdefault(path, []).append(x)
     for path, xs in layered.items():
-        _set(params, path, np.stack(xs))
+        set_path(params, path, np.stack(xs))
     return params
 
 
@@ -156,10 +129,10 @@ def state_dict_from_params(params: dict[str, Any], config: SiglipConfig) -> dict
     state = {}
     for key, path, layer, kind, shape in _specs(config):
         if kind == "in_proj":
-            parts = [np.asarray(_get(params, (*path[:-1], name, path[-1])), dtype=np.float32) for name in "qkv"]
+            parts = [np.asarray(get_path(params, (*path[:-1], name, path[-1])), dtype=np.float32) for name in "qkv"]
             x = np.concatenate([p.T for p in parts], axis=0)
         else:
-            x = np.asarray(_get(params, path), dtype=np.float32)
+            x = np.asarray(get_path(params, path), dtype=np.float32)
             if layer is not None:
                 x = x[layer]
             if kind == "linear":
