@@ -11,7 +11,6 @@ Hugging Face directory (``config.json`` + ``model.safetensors``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,7 @@ import numpy as np
 
 from jaxplain.errors import CheckpointError
 from jaxplain.models.blip import BlipConfig, stack_layers
-from jaxplain.models.convert import check_tensors, get_path, set_path
-from jaxplain.models.loading import read_weights
+from jaxplain.models.convert import check_tensors, get_path, read_hf_checkpoint, set_path, write_hf_checkpoint
 
 # Buffers some checkpoints carry that are not weights (they equal arange(positions)).
 IGNORED_KEYS = ("text_encoder.embeddings.position_ids", "vision_model.embeddings.position_ids")
@@ -172,24 +170,10 @@ def read_checkpoint(directory: str | Path) -> tuple[dict[str, Any], BlipConfig]:
     ``model.safetensors``, or sharded safetensors), both checked strictly: an unreadable or invalid config,
     unreadable weights, non-finite values, or tensors that do not match the config are a
     :class:`CheckpointError` naming the file and the key."""
-    directory = Path(directory)
-    path = directory / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{directory}: no config.json (is this a Hugging Face BLIP checkpoint directory?)")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read it as JSON ({e})") from None
-    config = BlipConfig.from_hf_dict(d, source=str(path))
-    return params_from_state_dict(read_weights(directory), config, source=str(directory)), config
+    return read_hf_checkpoint(directory, "BLIP", BlipConfig.from_hf_dict, params_from_state_dict)
 
 
 def write_checkpoint(directory: str | Path, params: dict[str, Any], config: BlipConfig) -> None:
     """Write ``params`` as a Hugging Face ``BlipForImageTextRetrieval`` directory that transformers loads
     (``config.json`` and ``model.safetensors``)."""
-    from safetensors.numpy import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file(state_dict_from_params(params, config), str(directory / "model.safetensors"), metadata={"format": "pt"})
-    (directory / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n", encoding="utf-8")
+    write_hf_checkpoint(directory, state_dict_from_params(params, config), config.to_hf_dict())

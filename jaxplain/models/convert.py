@@ -7,7 +7,9 @@ left over or mis-shaped is an error that names it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -189,3 +191,36 @@ def state_dict_from_params(params: dict, config: ClipConfig) -> dict[str, np.nda
             raise CheckpointError(f"param {'/'.join(path)} has shape {x.shape}; {key} needs {shape}")
         state[key] = np.array(x, dtype=np.float32, order="C")  # ascontiguousarray would make 0-d 1-d
     return state
+
+
+def read_hf_checkpoint(directory, what: str, config_from_dict, params_from_state) -> tuple[dict, Any]:
+    """``(params, config)`` of a Hugging Face directory of a family ``what`` (``config.json`` and
+    ``model.safetensors``, or sharded safetensors), both checked strictly: an unreadable or invalid config,
+    unreadable weights, non-finite values, or tensors that do not match the config are a
+    :class:`CheckpointError` naming the file and the key.
+
+    ``config_from_dict(d, source)`` reads the config; ``params_from_state(state, config, source)`` the tensors.
+    """
+    from jaxplain.models.loading import read_weights  # it imports this module
+
+    directory = Path(directory)
+    path = directory / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no config.json (is this a Hugging Face {what} checkpoint directory?)")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read it as JSON ({e})") from None
+    config = config_from_dict(d, source=str(path))
+    return params_from_state(read_weights(directory), config, source=str(directory)), config
+
+
+def write_hf_checkpoint(directory, state: dict[str, np.ndarray], config_dict: dict) -> None:
+    """Write tensors and a config as a Hugging Face directory that transformers loads (``config.json`` and
+    ``model.safetensors``)."""
+    from safetensors.numpy import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n", encoding="utf-8")
