@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -161,6 +162,8 @@ class Problem:
     goal: Goal
     wants: list[Want]
     mesh: Any = None  # a "data" mesh the pairs' work is split over (None: the default device)
+    decision: str = "softmax"  # the model's (see jaxplain.models.family)
+    bias: float = 0.0  # the model's logit bias (SigLIP's b; 0 for CLIP)
 
 
 def _on(problem: Problem) -> dict[str, Any]:
@@ -209,15 +212,36 @@ def build_problem(
         raise InputError(f"pair {ranked[0]}: {wants[ranked[0]]} ranks the image for the pair's text; give texts")
     levels = dict(zip(ranked, bank.levels(anchor[ranked], [int(wants[i].value) for i in ranked]) if ranked else []))
     rows = []
+    decision, bias = model.decision, model.logit_bias
+    if decision == "sigmoid" and any(w.kind == "prob" for w in wants):
+        anchor = np.array(anchor, np.float32, copy=True)  # a probability pair's anchor becomes its class
     for i, w in enumerate(wants):
         if w.kind in ("top", "not-top"):
             rows.append((SIM_ABOVE if w.kind == "top" else SIM_BELOW, 0, levels[i]))
+        elif decision == "sigmoid" and w.kind == "prob":
+            rows.append(_sigmoid_goal(w, class_names, scale, bias))
+            anchor[i] = cls_emb[class_names.index(w.name)]
         else:
             runner = int(order[i, 1]) if order.shape[1] > 1 else None
             if w.kind == "runner-up" and runner is None:
                 raise InputError("runner-up needs at least two classes")
             rows.append(w.goal(class_names, predicted=int(order[i, 0]), runner_up=runner))
-    return Problem(u0, anchor, cls_emb, class_names, scale, Goal.stack(rows), wants, mesh)
+    return Problem(u0, anchor, cls_emb, class_names, scale, Goal.stack(rows), wants, mesh, decision, bias)
+
+
+def _sigmoid_goal(want: Want, class_names: list[str], scale: float, bias: float) -> tuple[int, int, float]:
+    """A probability outcome under a sigmoid decision, as the similarity threshold it is.
+
+    Each class is decided on its own, ``p_c = σ(s · u·v_c + b)``, so ``p_c ≥ τ`` holds exactly when
+    ``u·v_c ≥ (logit τ − b) / s``: a similarity outcome against the class embedding (the pair's anchor), with
+    a margin in cosine units like every other. The argmax outcomes (``class:``, ``other-class``,
+    ``runner-up``) need no such change: the bias is shared by all classes, so the logits order them as CLIP's do.
+    """
+    want.goal(class_names)  # checks the class name
+    tau = want.value
+    level = (math.log(tau / (1 - tau)) - bias) / scale
+    # the class index rides along (a similarity kind ignores it), so that results report p_c
+    return (SIM_ABOVE if want.op == ">=" else SIM_BELOW), class_names.index(want.name), float(level)
 
 
 @functools.partial(jax.jit, static_argnames="k")
@@ -351,7 +375,6 @@ def counterfactuals(
       a :class:`CounterfactualResult`, one :class:`PairResult` per pair in input order.
     """
     start = time.perf_counter()
-    model.require_softmax("counterfactuals")
     if side not in ("image", "text"):
         raise InputError(f"side must be 'image' or 'text', got {side!r}")
     if search not in ("auto", "index", "exhaustive"):
@@ -362,6 +385,11 @@ def counterfactuals(
             f"it holds {bank.kind}s"
         )
     bank.check_model(model)
+    if model.decision != "softmax" and not hasattr(bank, "embeddings"):
+        raise InputError(
+            f"a {model.decision} decision reports each counterfactual's probabilities from its embedding: give a "
+            "bank this process holds whole (--bank-sharding replicated)"
+        )
     n = len(images) if images is not None else len(texts or [])
     if n == 0:
         raise InputError("no pairs given")
@@ -426,13 +454,30 @@ def _exhaustive_rest(
     return rest
 
 
+def _sigmoid_report(problem: Problem, bank, ver: Verified, s0: np.ndarray):
+    """The scores a sigmoid decision reports for pairs with classes: ``p_c = σ(s · u·v_c + b)`` of each pair's
+    class ``c``, at the original and at every counterfactual, and the confidence ``σ`` of the top logit (the
+    verifier's own scores are the softmax's, or the similarity a probability outcome became)."""
+    c = np.asarray(problem.goal.cls)
+    rows = np.asarray(ver.ids)
+    emb = np.asarray(bank.embeddings)[np.clip(rows, 0, bank.size - 1)]  # [N, K, E]; invalid rows unused
+    z = problem.scale * np.einsum("nke,ce->nkc", emb, problem.classes) + problem.bias
+    p = 1 / (1 + np.exp(-z.astype(np.float64)))
+    z0 = problem.scale * problem.u0 @ problem.classes.T + problem.bias
+    p0 = 1 / (1 + np.exp(-z0.astype(np.float64)))
+    score = np.take_along_axis(p, c[:, None, None], axis=2)[..., 0]
+    return score, p.max(-1), p0[np.arange(len(c)), c]
+
+
 def _pair_results(side, problem: Problem, bank, ver: Verified, m0, s0, pred0, paths) -> tuple[PairResult, ...]:
     """One :class:`PairResult` per pair. The arrays become Python lists once, not element by element."""
     names = problem.class_names
     labels = getattr(bank, "labels", None)
+    score_a, conf_a = ver.score, ver.confidence
+    if problem.decision == "sigmoid" and names:
+        score_a, conf_a, s0 = _sigmoid_report(problem, bank, ver, s0)
     ids, dist, score, pred, conf, marg, valid = (
-        np.asarray(a).tolist()
-        for a in (ver.ids, ver.distance, ver.score, ver.predicted, ver.confidence, ver.margin, ver.valid)
+        np.asarray(a).tolist() for a in (ver.ids, ver.distance, score_a, ver.predicted, conf_a, ver.margin, ver.valid)
     )
     out = []
     for i in range(len(m0)):
