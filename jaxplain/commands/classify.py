@@ -79,8 +79,6 @@ def _inputs(args: argparse.Namespace):
         elif len(classes) != len(fashion_mnist.CLASS_NAMES):
             raise InputError(f"the Fashion-MNIST test set has 10 classes; {len(classes)} class names were given")
     if args.limit is not None:
-        if args.limit < 1:
-            raise InputError("--limit must be at least 1")
         items, names = items[: args.limit], names[: args.limit]
         labels = None if labels is None else labels[: args.limit]
     return items, names, labels, classes

@@ -108,8 +108,6 @@ def _images(args: argparse.Namespace, model):
     else:
         images, _ = fashion_mnist.load_shipped_test()
         items, names = list(images), [f"fashion-mnist-test:{i}" for i in range(len(images))]
-    if args.limit < 1:
-        raise InputError("--limit must be at least 1")
     items, names = items[: args.limit], names[: args.limit]
     rows, kept, errors = [], [], []
     for i, (item, name) in enumerate(zip(items, names)):
