@@ -454,7 +454,7 @@ def _exhaustive_rest(
     return rest
 
 
-def _sigmoid_report(problem: Problem, bank, ver: Verified, s0: np.ndarray):
+def _sigmoid_report(problem: Problem, bank, ver: Verified):
     """The scores a sigmoid decision reports for pairs with classes: ``p_c = σ(s · u·v_c + b)`` of each pair's
     class ``c``, at the original and at every counterfactual, and the confidence ``σ`` of the top logit (the
     verifier's own scores are the softmax's, or the similarity a probability outcome became)."""
@@ -475,7 +475,7 @@ def _pair_results(side, problem: Problem, bank, ver: Verified, m0, s0, pred0, pa
     labels = getattr(bank, "labels", None)
     score_a, conf_a = ver.score, ver.confidence
     if problem.decision == "sigmoid" and names:
-        score_a, conf_a, s0 = _sigmoid_report(problem, bank, ver, s0)
+        score_a, conf_a, s0 = _sigmoid_report(problem, bank, ver)
     ids, dist, score, pred, conf, marg, valid = (
         np.asarray(a).tolist() for a in (ver.ids, ver.distance, score_a, ver.predicted, conf_a, ver.margin, ver.valid)
     )
