@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -212,8 +213,9 @@ def load(name_or_path: str | os.PathLike, *, dtype: str = "float32") -> Model:
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     directory = resolve(name_or_path)
-    if _model_type(directory) == "siglip":
-        return _load_siglip(directory, str(name_or_path), dtype)
+    loader = _family_loader(directory)
+    if loader is not None:
+        return loader(directory, str(name_or_path), dtype)
     config = read_config(directory)
     state = read_weights(directory)
     host = params_from_state_dict(state, config, source=str(directory))
@@ -242,6 +244,34 @@ def _model_type(directory: Path) -> str | None:
     except (OSError, ValueError):
         return None
     return d.get("model_type") if isinstance(d, dict) else None
+
+
+def _family_loader(directory: Path) -> Callable[[Path, str, str], Model] | None:
+    """The loader of a checkpoint directory that is not a Hugging Face CLIP one, or None for CLIP.
+
+    Chosen by ``config.json``'s ``model_type`` (``siglip``, ``slip``, ``blip``), or by OpenCLIP's own
+    ``open_clip_config.json`` where the directory has no ``config.json``. Each loader is
+    ``(directory, name, dtype) → Model`` and is imported only when its family is met.
+    """
+    import importlib
+
+    kind = _model_type(directory)
+    if kind is None and not (directory / "config.json").exists() and (directory / "open_clip_config.json").exists():
+        kind = "open_clip"
+    if kind == "siglip":
+        return _load_siglip
+    if kind in _LOADERS:
+        module, function = _LOADERS[kind]
+        return getattr(importlib.import_module(module), function)
+    return None
+
+
+# model_type → (module, function) of the loaders that live beside their converters
+_LOADERS = {
+    "open_clip": ("jaxplain.models.openclip_convert", "load_openclip"),
+    "slip": ("jaxplain.models.slip_convert", "load_slip"),
+    "blip": ("jaxplain.models.blip_convert", "load_blip"),
+}
 
 
 def _load_siglip(directory: Path, name: str, dtype: str) -> Model:
