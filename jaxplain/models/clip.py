@@ -81,7 +81,8 @@ def image_forward(
         x = patch_embeds.astype(p["patch_embedding"].dtype)
     cls = jnp.broadcast_to(p["class_embedding"], (x.shape[0], 1, x.shape[-1]))
     x = jnp.concatenate([cls, x], axis=1) + p["position_embedding"]
-    x = layer_norm(x, p["pre_ln"], v.layer_norm_eps)
+    if v.pre_norm:
+        x = layer_norm(x, p["pre_ln"], v.layer_norm_eps)
     kw = dict(num_heads=v.num_heads, act=v.hidden_act, eps=v.layer_norm_eps)
     if collect or taps is not None:
         h, aux = encoder(x, p["layers"], collect=collect, taps=taps, **kw)
@@ -233,14 +234,15 @@ def init_params(key: jax.Array, config: ClipConfig) -> Params:
     projection [D, E]}, "vision": {patch_embedding [C·p·p, D], class_embedding [D],
     position_embedding [T, D], pre_ln, layers, post_ln, projection [D, E]}, "logit_scale": []}``
     where ``layers`` holds ``ln1, attn{q,k,v,out}, ln2, mlp{fc1,fc2}`` stacked along a leading
-    ``[L]`` axis and dense kernels are ``[in, out]``.
+    ``[L]`` axis and dense kernels are ``[in, out]``. A vision config with ``pre_norm=False`` has no
+    ``pre_ln``.
     """
     t, v, e = config.text, config.vision, config.projection_dim
     kt, kv = jax.random.split(key)
     kt = jax.random.split(kt, 4)
     kv = jax.random.split(kv, 5)
     pdim = v.num_channels * v.patch_size**2
-    return {
+    params = {
         "text": {
             "token_embedding": 0.02 * jax.random.normal(kt[0], (t.vocab_size, t.hidden_size)),
             "position_embedding": 0.01 * jax.random.normal(kt[1], (t.max_positions, t.hidden_size)),
@@ -259,6 +261,9 @@ def init_params(key: jax.Array, config: ClipConfig) -> Params:
         },
         "logit_scale": jnp.asarray(config.logit_scale_init, jnp.float32),
     }
+    if not v.pre_norm:
+        del params["vision"]["pre_ln"]
+    return params
 
 
 def cast_params(params: Params, dtype: Any) -> Params:

@@ -44,7 +44,11 @@ class TextConfig:
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
-    """The image tower: a ViT with a class token, pre- and post-layer norms."""
+    """The image tower: a ViT with a class token, pre- and post-layer norms.
+
+    ``pre_norm=False``: no layer norm between the embeddings and the first block (timm's ViT, as in SLIP);
+    the params then hold no ``pre_ln``.
+    """
 
     image_size: int = 224
     patch_size: int = 32
@@ -55,6 +59,7 @@ class VisionConfig:
     num_heads: int = 12
     hidden_act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
+    pre_norm: bool = True  # not read from a Hugging Face config (see ClipConfig.to_hf_dict)
 
     @property
     def grid_size(self) -> int:
@@ -79,6 +84,9 @@ class ClipConfig:
     def to_hf_dict(self) -> dict[str, Any]:
         """The ``config.json`` content that transformers' ``CLIPModel`` reads."""
         t, v = self.text, self.vision
+        # A jaxplain extension, written only where it differs from CLIP (a CLIP config stays as transformers writes
+        # it). config_from_hf_dict does not read it: the HF CLIP converter always has a pre-LN; SLIP's loader sets it.
+        no_pre_norm = {} if v.pre_norm else {"pre_norm": False}
         return {
             "architectures": ["CLIPModel"],
             "model_type": "clip",
@@ -111,6 +119,7 @@ class ClipConfig:
                 "hidden_act": v.hidden_act,
                 "layer_norm_eps": v.layer_norm_eps,
                 "projection_dim": self.projection_dim,
+                **no_pre_norm,
             },
         }
 
@@ -215,7 +224,8 @@ def config_from_hf_dict(d: dict[str, Any], source: str = "config.json") -> ClipC
         towers[name] = cls(
             **{
                 f.name: _field(section, hf, getattr(defaults, f.name), kind, where, source)
-                for f, hf, kind in zip(dataclasses.fields(cls), keys, kinds, strict=True)
+                # the fields after the Hugging Face ones (VisionConfig.pre_norm) are jaxplain's own: defaults here
+                for f, hf, kind in zip(dataclasses.fields(cls)[: len(keys)], keys, kinds, strict=True)
             }
         )
         cfg = towers[name]
