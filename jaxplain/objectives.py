@@ -279,3 +279,21 @@ class Want:
         if self.kind in ("top", "not-top"):
             return f"{self.kind}:{int(self.value)}"
         return self.kind
+
+
+def sigmoid_goal(want: Want, class_names: list[str], scale: float, bias: float) -> tuple[int, int, float]:
+    """A probability outcome under a sigmoid decision, as the similarity threshold it is.
+
+    Each class is decided on its own, ``p_c = σ(s · u·v_c + b)``, so ``p_c ≥ τ`` holds exactly when
+    ``u·v_c ≥ (logit τ − b) / s``: a similarity outcome against the class embedding (the pair's anchor), with
+    a margin in cosine units like every other. The argmax outcomes (``class:``, ``other-class``,
+    ``runner-up``) need no such change: the bias is shared by all classes, so the logits order them as CLIP's do.
+
+    Returns the ``(kind, cls, level)`` triple of :meth:`Want.goal`; the caller sets the pair's anchor to class
+    ``cls``'s embedding.
+    """
+    want.goal(class_names)  # checks the class name
+    tau = want.value
+    level = (math.log(tau / (1 - tau)) - bias) / scale
+    # the class index rides along (a similarity kind ignores it), so that results report p_c
+    return (SIM_ABOVE if want.op == ">=" else SIM_BELOW), class_names.index(want.name), float(level)

@@ -41,7 +41,6 @@ from jaxplain.attribution import words as words_mod
 from jaxplain.attribution.targets import TargetSpec
 from jaxplain.batching import bucket, chunks, pad_rows, progress
 from jaxplain.errors import InputError
-from jaxplain.models import clip
 from jaxplain.models.bundle import Model
 from jaxplain.zeroshot import DEFAULT_TEMPLATES, class_embeddings
 
@@ -55,9 +54,9 @@ def _random_image(config, scoring, pixels, target, *, seed: int = 0):
 
 def _random_text(config, scoring, ids, target, *, seed: int = 0):
     tokens = jax.random.uniform(jax.random.key(seed), ids.shape)
-    emb = clip.embed_tokens(scoring.params, ids)
+    emb = core.embed_tokens(scoring, ids)
     score = core.text_scores(config, scoring, ids, emb, target)[0]
-    return {"score": score, "tokens": jnp.where(gradient.word_mask(ids, config), tokens, 0.0)}
+    return {"score": score, "tokens": jnp.where(gradient.word_mask(ids, config, scoring), tokens, 0.0)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,10 +262,14 @@ def attribute(
         ``ig``, ``occlusion`` and ``rise``, and ``budget=`` (model inputs per internal chunk, the
         memory bound) for the perturbation and path methods.
 
+    The model's family decides how its towers run and what its targets mean: under a sigmoid decision
+    (SigLIP) ``prob:NAME`` is ``σ(s · e·v_c + b)`` and ``logit:NAME`` is ``s · e·v_c + b`` (see
+    :mod:`~jaxplain.attribution.targets`). ``chefer`` on images needs a class token and is refused for
+    SigLIP's towers, pooled by an attention head; ``rollout`` starts from that head's attention there.
+
     Returns:
       an :class:`Attribution`.
     """
-    model.require_softmax("attribution")
     if side not in ("image", "text"):
         raise InputError(f"side {side!r}: use 'image' or 'text'")
     if method not in METHODS:
@@ -298,20 +301,18 @@ def attribute(
         raise InputError(f"got {len(specs)} targets for {n} inputs")
     specs = [TargetSpec.parse(s) for s in specs]
     candidates = class_embeddings(model, list(classes), templates) if classes else None
-    resolved = targets.build(specs, explained, anchors, candidates, classes, model.logit_scale)
-    scoring = core.Scoring(
-        model.params,
-        jnp.asarray(candidates if candidates is not None else np.zeros((1, model.embed_dim), np.float32)),
-        clip.logit_scale(model.params),
-    )
+    scale, bias = model.logit_scale, model.logit_bias
+    resolved = targets.build(specs, explained, anchors, candidates, classes, scale, bias=bias, decision=model.decision)
+    scoring = core.scoring_for(model, candidates)
 
     dynamic: dict[str, Any] = {}
     per_pair: dict[str, np.ndarray] = {}
     opts = dict(options)
     word_data = None
     if side == "text":
-        eos = np.asarray(clip.eos_positions(x, config))
-        word_data = words_mod.token_words(model.tokenizer, x, eos)
+        fam = model.family
+        first, stop = (np.asarray(a) for a in fam.text_word_span(x, config, model.tokenizer.eos_id))
+        word_data = words_mod.token_words(model.tokenizer, x, stop, first, begins=fam.word_begins, ends=fam.word_ends)
         if method == "occlusion":
             per_pair["words"] = word_data[1]
             opts.update(max_words=max(1, max(len(w) for w in word_data[2])), pad_id=model.tokenizer.pad_id)

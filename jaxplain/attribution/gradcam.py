@@ -2,8 +2,9 @@
 
 The patch tokens entering block ``layer`` play the part of a CNN's feature maps: each channel's weight
 is its gradient averaged over the patches, and a patch's score is ``ReLU(Σ_d w_d · A_{p,d})``. The last
-block's input is the default: the last block's own output reaches the pooled embedding only through
-the class token, so its patch tokens have no gradient.
+block's input is the default: in CLIP the last block's own output reaches the pooled embedding only
+through the class token, so its patch tokens have no gradient. A tower without a class token (SigLIP,
+pooled by an attention head over all its tokens) is read the same way, every token being a patch.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ def image_gradcam(
         return core.image_scores(config, scoring, pixels, target, collect=True, taps=tp)
 
     score, vjp, aux = jax.vjp(fn, taps, has_aux=True)
-    grads = vjp(jnp.ones_like(score))[0]["tokens"][layer][:, 1:]  # [N, P, D]
-    acts = aux["tokens"][:, layer, 1:]
+    first = int(scoring.family.class_token)  # the patches come after the class token, if any
+    grads = vjp(jnp.ones_like(score))[0]["tokens"][layer][:, first:]  # [N, P, D]
+    acts = aux["tokens"][:, layer, first:]
     weights = grads.mean(axis=1)
     cam = jax.nn.relu(jnp.einsum("npd,nd->np", acts, weights))
     patches = maps.grid(cam)

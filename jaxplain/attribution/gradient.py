@@ -13,7 +13,6 @@ import jax.numpy as jnp
 
 from jaxplain.attribution import core, maps
 from jaxplain.attribution.targets import Target
-from jaxplain.models import clip
 from jaxplain.models.config import ClipConfig
 
 
@@ -38,18 +37,22 @@ def image_gradient_x_input(config: ClipConfig, scoring: core.Scoring, pixels: ja
     return _image_result(config, score, g * pixels)
 
 
-def word_mask(ids: jax.Array, config: ClipConfig) -> jax.Array:
-    """``[N, T]`` True on the tokens of the words: after the start token, before the end-of-text token."""
+def word_mask(ids: jax.Array, config: ClipConfig, scoring: core.Scoring | None = None) -> jax.Array:
+    """``[N, T]`` True on the tokens of the words, by the family's
+    :attr:`~jaxplain.models.family.Family.text_word_span` (CLIP, the default: after the start token, before
+    the end-of-text token; SigLIP: before the first end id)."""
+    family = core.CLIP if scoring is None else scoring.family
+    end_id = -1 if scoring is None else scoring.end_id
     pos = jnp.arange(ids.shape[1])
-    eos = clip.eos_positions(ids, config)
-    return (pos[None] > 0) & (pos[None] < eos[:, None])
+    first, stop = family.text_word_span(ids, config, end_id)
+    return (pos[None] >= first[:, None]) & (pos[None] < stop[:, None])
 
 
 def text_gradient_x_input(config: ClipConfig, scoring: core.Scoring, ids: jax.Array, target: Target) -> dict:
     """``Σ_d e_d · ∂f/∂e_d`` per token, for the token embeddings ``e`` (the special tokens score 0)."""
-    emb = clip.embed_tokens(scoring.params, ids)
+    emb = core.embed_tokens(scoring, ids)
     score, g = core.value_and_input_grad(lambda x: core.text_scores(config, scoring, ids, x, target)[0], emb)
-    return {"score": score, "tokens": jnp.where(word_mask(ids, config), (g * emb).sum(-1), 0.0)}
+    return {"score": score, "tokens": jnp.where(word_mask(ids, config, scoring), (g * emb).sum(-1), 0.0)}
 
 
 def image_smoothgrad(
@@ -96,8 +99,8 @@ def text_smoothgrad(
 ) -> dict:
     """SmoothGrad of gradient × embedding: noise of ``sigma`` times each text's embedding value range
     is added to the word tokens' embeddings; the attribution is averaged over ``samples`` copies."""
-    emb = clip.embed_tokens(scoring.params, ids)
-    words = word_mask(ids, config)[..., None]
+    emb = core.embed_tokens(scoring, ids)
+    words = word_mask(ids, config, scoring)[..., None]
     span = (emb.max(axis=(1, 2)) - emb.min(axis=(1, 2)))[:, None, None]
     keys = jax.random.split(jax.random.key(seed), samples)
     fn = lambda x: core.text_scores(config, scoring, ids, x, target)[0]  # noqa: E731

@@ -16,7 +16,6 @@ import numpy as np
 from jaxplain.attribution import core, maps
 from jaxplain.attribution.gradient import word_mask
 from jaxplain.attribution.targets import Target
-from jaxplain.models import clip
 from jaxplain.models.config import ClipConfig
 
 RULES = ("gausslegendre", "riemann_middle", "riemann_trapezoid", "riemann_left", "riemann_right")
@@ -92,7 +91,7 @@ def image_ig(
     (0 is the dataset's mean colour). Returns pixel map, patch sums, ``score`` = f(x), ``baseline_score``
     = f(b) and ``delta`` = Σ attributions − (f(x) − f(b)).
 
-    The path runs through the patch embeddings: they are a linear map ``W`` of the pixels, so the
+    The path runs through the patch embeddings: they are an affine map ``W x + c`` of the pixels, so the
     point ``b + α (x − b)`` embeds to ``e_b + α (e_x − e_b)`` and the pixel gradient is ``Wᵀ`` of the
     embedding gradient — the same IG, without the patch embedding's forward and backward at every step.
     """
@@ -105,9 +104,10 @@ def image_ig(
     def embedded_score(e, t):
         return core.image_scores(config, scoring, None, t, patch_embeds=e)[0]
 
-    ex, eb = clip.embed_patches(params, pixels, config), clip.embed_patches(params, b, config)
+    embed = scoring.family.embed_patches
+    ex, eb = embed(params, pixels, config), embed(params, b, config)
     avg_e = path_gradient(embedded_score, ex, eb, target, steps, rule, budget)  # [N, P, D]
-    _, back = jax.vjp(lambda q: clip.embed_patches(params, q, config), pixels)
+    _, back = jax.vjp(lambda q: embed(params, q, config), pixels)
     avg = back(avg_e.astype(ex.dtype))[0]
     attr = (pixels - b) * avg
     ends = score_fn(jnp.concatenate([pixels, b]), jax.tree.map(lambda a: jnp.concatenate([a, a]), target))
@@ -135,8 +135,8 @@ def text_ig(
     """Integrated Gradients over token embeddings. The baseline keeps the start and end-of-text tokens
     and sets every word token's embedding to zero. Returns per-token scores ``[N, T]`` (0 on the
     special tokens), ``score``, ``baseline_score`` and ``delta``."""
-    emb = clip.embed_tokens(scoring.params, ids)
-    words = word_mask(ids, config)
+    emb = core.embed_tokens(scoring, ids)
+    words = word_mask(ids, config, scoring)
     b = jnp.where(words[..., None], 0.0, emb)
 
     def score_fn(x, t):

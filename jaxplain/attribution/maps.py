@@ -15,9 +15,12 @@ def pixel_map(per_pixel: jax.Array, absolute: bool = False) -> jax.Array:
 
 def patch_sums(pixels: jax.Array, patch: int) -> jax.Array:
     """``[N, H, W]`` → ``[N, H/p, W/p]``: the sum over each ``p × p`` patch (for additive attributions,
-    whose patch value is the total of its pixels)."""
+    whose patch value is the total of its pixels). Where the size is not a multiple of ``p`` (SigLIP at
+    384 pixels with 14-pixel patches), the remainder, which no patch covers, is left out."""
     n, h, w = pixels.shape
-    return pixels.reshape(n, h // patch, patch, w // patch, patch).sum(axis=(2, 4))
+    gh, gw = h // patch, w // patch
+    pixels = pixels[:, : gh * patch, : gw * patch]
+    return pixels.reshape(n, gh, patch, gw, patch).sum(axis=(2, 4))
 
 
 def patch_means(pixels: jax.Array, patch: int) -> jax.Array:

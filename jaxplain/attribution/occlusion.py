@@ -15,7 +15,6 @@ import numpy as np
 
 from jaxplain.attribution import core, maps
 from jaxplain.attribution.targets import Target
-from jaxplain.models import clip
 from jaxplain.models.config import ClipConfig
 
 
@@ -92,7 +91,7 @@ def text_occlusion(
     ``[N, T]``; ``word_scores`` ``[N, max_words]`` (0 beyond a text's last word)."""
 
     def score_fn(x, t):
-        return core.text_scores(config, scoring, x, clip.embed_tokens(scoring.params, x), t)[0]
+        return core.text_scores(config, scoring, x, core.embed_tokens(scoring, x), t)[0]
 
     def remove(x, w):
         return without_word(x, words, w, pad_id)

@@ -2,8 +2,10 @@
 following the attention maps through the residual connections of every layer.
 
 Each layer's head-fused attention ``A`` becomes ``Â = r·I + (1 − r)·A`` (``r`` accounts for the
-residual path), rows renormalised; the rollout is ``Â_L ⋯ Â_2 Â_1``. The image's patch scores are the
-class token's row; a text's token scores are its end-of-text token's row.
+residual path), rows renormalised; the rollout is ``Â_L ⋯ Â_2 Â_1``. The image's patch scores are the row
+of the pooled output: the class token's row (CLIP), or, for a tower pooled by an attention head (SigLIP),
+the head's attention over the last layer's tokens (heads fused the same way) times the rollout. A text's
+token scores are the row of the position it is pooled at (CLIP's end-of-text token, SigLIP's last).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import jax.numpy as jnp
 from jaxplain.attribution import core, maps
 from jaxplain.attribution.gradient import word_mask
 from jaxplain.attribution.targets import Target
-from jaxplain.models import clip
 from jaxplain.models.config import ClipConfig
 
 FUSIONS = ("mean", "max", "min")
@@ -42,6 +43,16 @@ def rollout_matrix(attention: jax.Array, residual: float = 0.5, head_fusion: str
     return out
 
 
+def pooled_row(family, aux: dict, r: jax.Array, head_fusion: str = "mean") -> jax.Array:
+    """``[N, P]`` the row of a token matrix ``r`` ``[N, T, T]`` read by the pooled image output, at the
+    patches: the family's pooling attention over the last layer's tokens (heads fused, renormalised) times
+    ``r``, without the class token where there is one."""
+    pool = fuse_heads(family.image_pool_attention(aux)[..., None, :], head_fusion)[..., 0, :]  # [N, H, T] → [N, T]
+    pool = pool / pool.sum(axis=-1, keepdims=True)
+    row = jnp.einsum("nt,nts->ns", pool, r, precision=jax.lax.Precision.HIGHEST)  # exact for a one-hot row
+    return row[:, int(family.class_token) :]
+
+
 def image_rollout(
     config: ClipConfig,
     scoring: core.Scoring,
@@ -51,11 +62,11 @@ def image_rollout(
     residual: float = 0.5,
     head_fusion: str = "mean",
 ) -> dict:
-    """Rollout from the class token to the patches (it does not depend on the target; ``score`` is
+    """Rollout from the pooled output to the patches (it does not depend on the target; ``score`` is
     reported for completeness)."""
     score, aux = core.image_scores(config, scoring, pixels, target, collect=True)
     r = rollout_matrix(aux["attention"], residual, head_fusion)
-    patches = maps.grid(r[:, 0, 1:])
+    patches = maps.grid(pooled_row(scoring.family, aux, r, head_fusion))
     return {"score": score, "patches": patches, "pixels": maps.upsample(patches, config.vision.image_size)}
 
 
@@ -68,9 +79,15 @@ def text_rollout(
     residual: float = 0.5,
     head_fusion: str = "mean",
 ) -> dict:
-    """Rollout from the end-of-text token to every token ``[N, T]``."""
-    emb = clip.embed_tokens(scoring.params, ids)
+    """Rollout from the pooled position (end-of-text token, or last position) to every token ``[N, T]``."""
+    emb = core.embed_tokens(scoring, ids)
     score, aux = core.text_scores(config, scoring, ids, emb, target, collect=True)
     r = rollout_matrix(aux["attention"], residual, head_fusion)
-    row = jnp.take_along_axis(r, aux["eos"][:, None, None], axis=1)[:, 0]
-    return {"score": score, "tokens": jnp.where(word_mask(ids, config), row, 0.0)}
+    row = pooled_text_row(scoring.family, ids, config, r)
+    return {"score": score, "tokens": jnp.where(word_mask(ids, config, scoring), row, 0.0)}
+
+
+def pooled_text_row(family, ids: jax.Array, config, r: jax.Array) -> jax.Array:
+    """``[N, T]`` the row of ``r`` ``[N, T, T]`` at the position each text is pooled at."""
+    pos = family.text_pool_positions(ids, config)
+    return jnp.take_along_axis(r, pos[:, None, None], axis=1)[:, 0]

@@ -3,20 +3,27 @@
 Every target is built from the uses of the model in :mod:`jaxplain.objectives`. With ``e`` the unit
 embedding of the explained input (the image on the image side, the text on the text side), ``a`` the
 pair's *anchor* (the other modality's embedding) and ``V`` ``[C, E]`` a set of *candidates* (class
-embeddings on the image side) scored with the temperature ``s`` as ``z = s · V e``:
+embeddings on the image side) scored with the temperature ``s`` as ``z = s · V e``, and ``b`` the
+model's bias (SigLIP's; 0 for CLIP):
 
-================  ===================================  ==============================================
-kind              value                                text form
-================  ===================================  ==============================================
-``SIMILARITY``    ``e · a``                            ``similarity``
-``LOGIT``         ``z_c``                              ``logit:NAME``, ``logit:predicted``
-``PROB``          ``softmax(z)_c``                     ``prob:NAME``, ``prob:predicted``
-``CONTRAST``      ``z_c − z_o`` ("c rather than o")    ``contrast:A vs B`` (``predicted``/``runner-up``)
-``MARGIN``        a wanted outcome's margin            ``margin:WANT``, e.g. ``margin:prob:Bag>=0.5``
-================  ===================================  ==============================================
+================  ===========================================  ==============================================
+kind              value                                        text form
+================  ===========================================  ==============================================
+``SIMILARITY``    ``e · a``                                    ``similarity``
+``LOGIT``         ``z_c + b``                                  ``logit:NAME``, ``logit:predicted``
+``PROB``          ``softmax(z)_c``, or ``σ(z_c + b)``          ``prob:NAME``, ``prob:predicted``
+``CONTRAST``      ``z_c − z_o`` ("c rather than o")            ``contrast:A vs B`` (``predicted``/``runner-up``)
+``MARGIN``        a wanted outcome's margin                    ``margin:WANT``, e.g. ``margin:prob:Bag>=0.5``
+================  ===========================================  ==============================================
+
+``PROB`` follows the model's decision: the softmax over the classes (CLIP) or the sigmoid of class ``c``
+on its own (SigLIP). ``predicted`` and ``runner-up`` rank the classes by ``z`` under either decision (the
+bias is shared by all classes).
 
 ``MARGIN`` is the signed distance to a filter's threshold or to a class change, in the cosine units of
-:func:`jaxplain.objectives.margin` (positive when the outcome holds).
+:func:`jaxplain.objectives.margin` (positive when the outcome holds). Under a sigmoid decision
+``margin:prob:NAME>=τ`` is the similarity margin ``e · v_c − (logit τ − b) / s`` against the class
+embedding (:func:`jaxplain.objectives.sigmoid_goal`); ``<=`` is its negative.
 """
 
 from __future__ import annotations
@@ -59,20 +66,30 @@ class Target(NamedTuple):
 
 
 @full_precision
-def value(e: jax.Array, target: Target, candidates: jax.Array, scale: jax.Array | float) -> jax.Array:
+def value(
+    e: jax.Array,
+    target: Target,
+    candidates: jax.Array,
+    scale: jax.Array | float,
+    bias: jax.Array | float = 0.0,
+    sigmoid: jax.Array | float = 0.0,
+) -> jax.Array:
     """The target of one pair (scalar fields in ``target``) for a unit embedding ``e`` ``[E]``.
 
-    ``candidates`` ``[C, E]`` may be a single dummy row when no target of the batch uses them.
+    ``candidates`` ``[C, E]`` may be a single dummy row when no target of the batch uses them. ``bias`` is
+    the model's logit bias and ``sigmoid`` 1 for a sigmoid decision per class, 0 for a softmax (arrays, so
+    that one compiled function serves both).
     """
     sim = jnp.dot(e, target.anchor)
     z = scale * candidates @ e
     zc = z[target.cls]
     goal = objectives.Goal(target.goal_kind, target.cls, target.level)
+    prob = jnp.where(sigmoid > 0, jax.nn.sigmoid(zc + bias), jax.nn.softmax(z)[target.cls])
     options = jnp.stack(
         [
             sim,
-            zc,
-            jax.nn.softmax(z)[target.cls],
+            zc + bias,
+            prob,
             zc - z[target.other],
             objectives.margin(sim, z, goal, scale),
         ]
@@ -80,9 +97,16 @@ def value(e: jax.Array, target: Target, candidates: jax.Array, scale: jax.Array 
     return options[target.kind]
 
 
-def values(e: jax.Array, target: Target, candidates: jax.Array, scale: jax.Array | float) -> jax.Array:
+def values(
+    e: jax.Array,
+    target: Target,
+    candidates: jax.Array,
+    scale: jax.Array | float,
+    bias: jax.Array | float = 0.0,
+    sigmoid: jax.Array | float = 0.0,
+) -> jax.Array:
     """:func:`value` for a batch: ``e`` ``[N, E]`` → ``[N]``."""
-    return jax.vmap(value, in_axes=(0, 0, None, None))(e, target, candidates, scale)
+    return jax.vmap(value, in_axes=(0, 0, None, None, None, None))(e, target, candidates, scale, bias, sigmoid)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +182,9 @@ def build(
     candidates: np.ndarray | None,
     class_names: Sequence[str] | None,
     scale: float,
+    *,
+    bias: float = 0.0,
+    decision: str = "softmax",
 ) -> Target:
     """Resolve one :class:`TargetSpec` per pair into a :class:`Target`.
 
@@ -168,6 +195,9 @@ def build(
       candidates: ``[C, E]`` class embeddings, or None when no target needs them.
       class_names: the C names.
       scale: the model's temperature.
+      bias: the model's logit bias.
+      decision: ``"softmax"`` or ``"sigmoid"``; under a sigmoid a ``margin:prob:...`` target becomes a
+        similarity margin whose anchor is the class embedding (:func:`jaxplain.objectives.sigmoid_goal`).
     """
     n, dim = e.shape
     if any(s.needs_anchor for s in specs) and anchors is None:
@@ -175,6 +205,7 @@ def build(
     if any(s.needs_classes for s in specs) and candidates is None:
         raise InputError("a class target needs class names (classes=[...])")
     ranked = np.argsort(-(e @ candidates.T), axis=1, kind="stable") if candidates is not None else None
+    anchor = np.zeros((n, dim), np.float32) if anchors is None else np.array(anchors, np.float32)
     rows = []
     for i, s in enumerate(specs):
         cls = other = goal_kind = 0
@@ -185,14 +216,17 @@ def build(
             other = _class_index(s.other, class_names, ranked[i])
             if other == cls:
                 raise InputError(f"target {s}: the two classes are the same ({class_names[cls]!r}) for pair {i}")
-        if s.kind == "margin":
+        if s.kind == "margin" and decision == "sigmoid" and s.want.kind == "prob":
+            goal_kind, cls, level = objectives.sigmoid_goal(s.want, list(class_names), scale, bias)
+            anchor[i] = candidates[cls]
+        elif s.kind == "margin":
             pred, runner = (int(ranked[i][0]), int(ranked[i][1])) if ranked is not None else (None, None)
             goal_kind, cls, level = s.want.goal(class_names, pred, runner)
         rows.append((KIND_NAMES.index(s.kind), cls, other, goal_kind, level))
     kind, cls, other, goal_kind, level = (np.asarray(c) for c in zip(*rows)) if rows else [np.zeros(0)] * 5
     return Target(
         kind=kind.astype(np.int32),
-        anchor=np.zeros((n, dim), np.float32) if anchors is None else np.asarray(anchors, np.float32),
+        anchor=anchor,
         cls=cls.astype(np.int32),
         other=other.astype(np.int32),
         goal_kind=goal_kind.astype(np.int32),

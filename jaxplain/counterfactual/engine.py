@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -35,6 +34,7 @@ from jaxplain.objectives import (
     margin,
     reported_score,
     scores,
+    sigmoid_goal,
 )
 from jaxplain.zeroshot import DEFAULT_TEMPLATES, class_embeddings
 
@@ -219,7 +219,7 @@ def build_problem(
         if w.kind in ("top", "not-top"):
             rows.append((SIM_ABOVE if w.kind == "top" else SIM_BELOW, 0, levels[i]))
         elif decision == "sigmoid" and w.kind == "prob":
-            rows.append(_sigmoid_goal(w, class_names, scale, bias))
+            rows.append(sigmoid_goal(w, class_names, scale, bias))
             anchor[i] = cls_emb[class_names.index(w.name)]
         else:
             runner = int(order[i, 1]) if order.shape[1] > 1 else None
@@ -227,21 +227,6 @@ def build_problem(
                 raise InputError("runner-up needs at least two classes")
             rows.append(w.goal(class_names, predicted=int(order[i, 0]), runner_up=runner))
     return Problem(u0, anchor, cls_emb, class_names, scale, Goal.stack(rows), wants, mesh, decision, bias)
-
-
-def _sigmoid_goal(want: Want, class_names: list[str], scale: float, bias: float) -> tuple[int, int, float]:
-    """A probability outcome under a sigmoid decision, as the similarity threshold it is.
-
-    Each class is decided on its own, ``p_c = σ(s · u·v_c + b)``, so ``p_c ≥ τ`` holds exactly when
-    ``u·v_c ≥ (logit τ − b) / s``: a similarity outcome against the class embedding (the pair's anchor), with
-    a margin in cosine units like every other. The argmax outcomes (``class:``, ``other-class``,
-    ``runner-up``) need no such change: the bias is shared by all classes, so the logits order them as CLIP's do.
-    """
-    want.goal(class_names)  # checks the class name
-    tau = want.value
-    level = (math.log(tau / (1 - tau)) - bias) / scale
-    # the class index rides along (a similarity kind ignores it), so that results report p_c
-    return (SIM_ABOVE if want.op == ">=" else SIM_BELOW), class_names.index(want.name), float(level)
 
 
 @functools.partial(jax.jit, static_argnames="k")
