@@ -215,6 +215,139 @@ def test_init_params_layout_matches_the_checkpoint_layout():
     assert _max_diff(blip.encode_image(again, jnp.ones((2, 3, 10, 10)), config), img) < 1e-6
 
 
+# --- the golden tier of the matching (ITM) head ----------------------------------------------------------------
+
+
+def _itm_inputs(params, config, ref):
+    """The fixture's ITM pairs: text i with image i % N_images, the image tokens made here."""
+    pair = np.arange(len(ref["ids"])) % len(ref["pixels"])
+    tokens = blip.image_tokens(params, jnp.asarray(ref["pixels"]), config)[pair]
+    return tokens, jnp.asarray(ref["ids"]), jnp.asarray(ref["mask"])
+
+
+@pytest.mark.parametrize("unstacked", [False, True])
+def test_golden_itm_head(golden, unstacked):
+    params, config, ref = golden
+    if unstacked:
+        params = blip.unstack_layers(params)
+        assert isinstance(params["itm"]["cross"], tuple)
+    tokens, ids, mask = _itm_inputs(params, config, ref)
+    p, aux = blip.itm_forward(params, tokens, ids, mask, config, collect=True)
+    assert p.shape == (4,) and p.dtype == jnp.float32
+    assert _max_diff(p, ref["itm_probability"]) < GOLDEN_TOL
+    assert _max_diff(aux["logits"], ref["itm_score"]) < GOLDEN_TOL  # transformers' itm_score
+    np.testing.assert_allclose(ref["itm_probability"], _softmax(ref["itm_score"])[:, 1], atol=1e-6)
+    assert aux["cross_attention"].shape == (4, 2, 4, 16, 17) == ref["itm_cross_attention"].shape
+    assert _max_diff(aux["cross_attention"], ref["itm_cross_attention"]) < GOLDEN_TOL
+    assert _max_diff(aux["self_attention"], ref["itm_self_attention"]) < GOLDEN_TOL
+    assert _max_diff(aux["tokens"], ref["itm_text_last"]) < GOLDEN_TOL * np.abs(ref["itm_text_last"]).max()
+    # the fixture's pairs are not alike, and the head uses the image: another image, another score
+    assert np.ptp(ref["itm_probability"]) > 0.1
+    other = blip.itm_forward(params, tokens[::-1], ids, mask, config)[0]
+    assert _max_diff(other, p) > 0.01
+    # without collect the same numbers, and no maps
+    p2, aux2 = blip.itm_forward(params, tokens, ids, mask, config)
+    assert _max_diff(p2, p) == 0.0 and "cross_attention" not in aux2
+
+
+def _softmax(z):
+    z = np.asarray(z, np.float64)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_itm_padding_does_not_change_a_pair(golden):
+    """With its mask, a padded text scores as the same text without its padding."""
+    params, config, ref = golden
+    tokens, ids, _ = _itm_inputs(params, config, ref)
+    for i, row in enumerate(ref["mask"]):
+        n = int(row.sum())
+        alone = blip.itm_forward(params, tokens[i : i + 1], ids[i : i + 1, :n], None, config)[0]
+        assert _max_diff(alone[0], ref["itm_probability"][i]) < GOLDEN_TOL
+
+
+def test_itm_jit_vmap_and_gradients(golden):
+    params, config, ref = golden
+    tokens, ids, mask = _itm_inputs(params, config, ref)
+    fn = jax.jit(blip.itm_forward, static_argnames=("config", "collect"))
+    p, aux = fn(params, tokens, ids, mask, config=config, collect=True)
+    assert _max_diff(p, ref["itm_probability"]) < GOLDEN_TOL
+    assert _max_diff(aux["cross_attention"], ref["itm_cross_attention"]) < GOLDEN_TOL
+    one = jax.vmap(lambda t, i, m: blip.itm_forward(params, t[None], i[None], m[None], config)[0][0])
+    assert _max_diff(jax.jit(one)(tokens, ids, mask), p) < 1e-6
+    # gradients reach the image tokens and the matching head's weights, not the contrastive projections
+    g_tok, g_par = jax.grad(lambda t, q: blip.itm_forward(q, t, ids, mask, config)[0].sum(), argnums=(0, 1))(
+        tokens, params
+    )
+    assert np.abs(np.asarray(g_tok)).max() > 0
+    assert np.abs(np.asarray(g_par["itm"]["cross"]["attn"]["k"]["kernel"])).max() > 0
+    assert np.abs(np.asarray(g_par["text_proj"]["kernel"])).max() == 0
+
+
+def test_itm_scores_in_chunks_of_one_shape(golden):
+    params, config, ref = golden
+    tokens = np.asarray(_itm_inputs(params, config, ref)[0])
+    want = np.asarray(ref["itm_probability"])
+    for chunk in (1, 3, 4, 64):  # 3: the last chunk is padded
+        got = blip.itm_scores(params, tokens, ref["ids"], ref["mask"], config, chunk=chunk)
+        assert got.shape == (4,) and _max_diff(got, want) < GOLDEN_TOL, chunk
+    # pairs by rows: every image with every text, and the mask read off the ids (pad id 0)
+    img = np.asarray(blip.image_tokens(params, jnp.asarray(ref["pixels"]), config))
+    rows_i, rows_t = np.meshgrid(np.arange(3), np.arange(4), indexing="ij")
+    grid = blip.itm_scores(
+        params, img, ref["ids"], None, config, image_rows=rows_i.ravel(), text_rows=rows_t.ravel(), chunk=5
+    ).reshape(3, 4)
+    assert _max_diff(grid[np.arange(4) % 3, np.arange(4)], want) < GOLDEN_TOL
+    # the tokens may be made chunk by chunk from the pixels
+    lazy = blip.tokens_from_pixels(params, ref["pixels"], config)
+    again = blip.itm_scores(params, lazy, ref["ids"], ref["mask"], config, image_rows=np.arange(4) % 3,
+                            text_rows=np.arange(4), chunk=2)  # fmt: skip
+    assert _max_diff(again, want) < GOLDEN_TOL
+    # one compiled shape per (chunk, T): another M in the same chunk size does not compile again
+    blip.itm_scores(params, tokens[:1], ref["ids"][:1], ref["mask"][:1], config, chunk=1)
+    size = blip._itm_chunk._cache_size()
+    blip.itm_scores(params, np.concatenate([tokens] * 3), np.concatenate([ref["ids"]] * 3),
+                    np.concatenate([ref["mask"]] * 3), config, chunk=1)  # fmt: skip
+    assert blip._itm_chunk._cache_size() == size
+    assert blip.itm_scores(params, tokens[:0], ref["ids"][:0], ref["mask"][:0], config).shape == (0,)
+
+
+def test_cross_attention_maps_lay_the_weights_on_the_patch_grid(golden):
+    _, config, ref = golden
+    cross = ref["itm_cross_attention"]  # [N, L, H, T, 17]: class token then 4 × 4 patches
+    out = blip.cross_attention_maps(cross[1], config)
+    assert out["maps"].shape == (2, 4, 16, 4, 4) and out["mean"].shape == (2, 16, 4, 4)
+    # patch (row 1, column 2) is image token 1 + 1·4 + 2
+    np.testing.assert_array_equal(out["maps"][1, 3, 5, 1, 2], cross[1, 1, 3, 5, 7])
+    np.testing.assert_array_equal(out["class_token"], cross[1, ..., 0])
+    np.testing.assert_allclose(out["mean"][0, 2], cross[1, 0, :, 2, 1:].mean(0).reshape(4, 4), rtol=1e-6)
+    np.testing.assert_allclose(out["maps"].sum((-1, -2)) + out["class_token"], 1.0, atol=1e-6)
+    batched = blip.cross_attention_maps(cross, config)
+    np.testing.assert_array_equal(batched["maps"][1], out["maps"])
+    with pytest.raises(ValueError, match=r"\[\.\.\., L, H, T, 17\]"):
+        blip.cross_attention_maps(cross[..., :16], config)
+
+
+def test_itm_bad_inputs_are_refused(golden):
+    params, config, ref = golden
+    tokens, ids, mask = _itm_inputs(params, config, ref)
+    with pytest.raises(ValueError, match=r"image_tokens must be \[N, 17, 32\] with N = 4"):
+        blip.itm_forward(params, tokens[:3], ids, mask, config)
+    with pytest.raises(ValueError, match="mask must have the shape"):
+        blip.itm_forward(params, tokens, ids, mask[:, :5], config)
+    plain = dataclasses.replace(config, text=dataclasses.replace(config.text, cross_attention=False))
+    with pytest.raises(ValueError, match="no cross-attention layers"):
+        blip.itm_forward(params, tokens, ids, mask, plain)
+    with pytest.raises(ValueError, match="both image_rows and text_rows"):
+        blip.itm_scores(params, np.asarray(tokens), ref["ids"], ref["mask"], config, image_rows=np.arange(4))
+
+
+def test_encode_text_ids_reads_the_mask_off_the_ids(golden):
+    params, config, ref = golden
+    got = blip.encode_text_ids(params, jnp.asarray(ref["ids"]), config)
+    assert _max_diff(got, ref["text_embeds"]) < GOLDEN_TOL
+
+
 # --- config ----------------------------------------------------------------------------------------------
 
 
@@ -458,3 +591,43 @@ def test_transformers_loads_a_checkpoint_written_here(golden, tmp_path):
             use_itm_head=False,
         )
     assert _max_diff(out.itm_score.numpy(), ref["similarity"]) < 1e-6
+
+
+@pytest.mark.reference
+def test_itm_parity_with_blip_for_image_text_retrieval(base_model):
+    """The matching head at BLIP-base widths against ``BlipForImageTextRetrieval(use_itm_head=True)``: p(match)
+    from the pixels within 1e-4, and the cross-attention of every layer and head (transformers'
+    ``output_attentions`` ``cross_attentions`` of the text encoder) within 1e-5."""
+    import torch
+
+    from tests.fixtures.make_blip_fixtures import inputs, itm_outputs
+
+    model, params, config = base_model
+    pixels, ids, mask = inputs(BASE_TEXT, BASE_VISION, 2, n_images=3, n_texts=3)
+    pair = np.array([0, 1, 2])
+    with torch.no_grad():
+        logits = model(
+            input_ids=torch.from_numpy(ids),
+            pixel_values=torch.from_numpy(pixels[pair]),
+            attention_mask=torch.from_numpy(mask),
+            use_itm_head=True,
+        ).itm_score.numpy()
+        torch_tokens = model.vision_model(pixel_values=torch.from_numpy(pixels[pair])).last_hidden_state
+        ref = {k: v.numpy() for k, v in itm_outputs(model, torch_tokens, torch.from_numpy(ids),
+                                                   torch.from_numpy(mask)).items()}  # fmt: skip
+    want = _softmax(logits)[:, 1]
+    tokens = blip.image_tokens(params, jnp.asarray(pixels[pair]), config)
+    p, aux = blip.itm_forward(params, tokens, jnp.asarray(ids), jnp.asarray(mask), config, collect=True)
+    diffs = {
+        "p_match": _max_diff(p, want),
+        "logits": _max_diff(aux["logits"], logits),
+        "cross_attention": _max_diff(aux["cross_attention"], ref["itm_cross_attention"]),
+        "self_attention": _max_diff(aux["self_attention"], ref["itm_self_attention"]),
+    }
+    print({k: f"{v:.1e}" for k, v in diffs.items()}, "p:", np.round(want, 4))
+    assert diffs["p_match"] < LIVE_TOL and diffs["logits"] < LIVE_TOL, diffs
+    assert diffs["cross_attention"] < GOLDEN_TOL and diffs["self_attention"] < GOLDEN_TOL, diffs
+    assert aux["cross_attention"].shape == (3, 2, 12, 35, 577)
+    # not degenerate: the pairs score apart, and the cross-attention is not uniform over the 577 tokens
+    assert np.ptp(want) > 0.05
+    assert ref["itm_cross_attention"].max() > 10 / 577

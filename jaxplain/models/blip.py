@@ -1,4 +1,4 @@
-"""BLIP's image–text contrastive (ITC) towers as pure functions of ``(params, inputs, config)``.
+"""BLIP's image–text contrastive (ITC) towers and matching (ITM) head: pure functions of ``(params, inputs, config)``.
 
 BLIP's retrieval model scores a pair two ways: the contrastive path (two independent towers, each projected
 to a small shared space and compared by cosine similarity) and the image–text matching head (the text
@@ -15,6 +15,11 @@ images and texts on their own:
   untouched, under ``params["itm"]``);
 * the decision is the cosine similarity of the unit embeddings (:func:`similarity`).
 
+The matching head is here too (:func:`itm_forward`): the text encoder run again over the text, each layer
+cross-attending to all the image tokens, its [CLS] position mapped by ``itm_head`` to two logits, ``p(match)``
+their softmax's second entry; :func:`itm_scores` scores many pairs in fixed-shape chunks and
+:func:`cross_attention_maps` lays its cross-attention out on the patch grid.
+
 ``params`` is a nested dict of arrays (see :func:`init_params`); ``config`` is a frozen :class:`BlipConfig`, a
 static argument under ``jit``. Each ``*_forward`` returns ``(embedding, intermediates)``, the embedding unit
 norm in float32, with intermediates:
@@ -30,11 +35,14 @@ norm in float32, with intermediates:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from jaxplain.batching import bucket, chunks, pad_edge
 from jaxplain.errors import CheckpointError
 from jaxplain.models.clip import patchify
 from jaxplain.models.config import _field, _section, _short
@@ -271,12 +279,22 @@ def embed_tokens(params: Params, token_ids: jax.Array) -> jax.Array:
     return jnp.asarray(params["text"]["token_embedding"])[token_ids]  # params may be NumPy arrays
 
 
+def _self_attention_part(h: jax.Array, lp: Params, keep: jax.Array | None, config: BlipTextConfig):
+    """A BERT layer's self-attention, its residual and its post-layer norm."""
+    a, probs = attention(h, lp["attn"], config.num_heads, keep)
+    return layer_norm(h + a, lp["attn_ln"], config.layer_norm_eps), probs
+
+
+def _mlp_part(h: jax.Array, lp: Params, config: BlipTextConfig) -> jax.Array:
+    """A BERT layer's MLP, its residual and its post-layer norm."""
+    m = dense(activation(config.hidden_act)(dense(h, lp["mlp"]["fc1"])), lp["mlp"]["fc2"])
+    return layer_norm(h + m, lp["mlp_ln"], config.layer_norm_eps)
+
+
 def _text_block(h: jax.Array, lp: Params, keep: jax.Array | None, config: BlipTextConfig):
     """One post-norm BERT layer (without cross-attention); ``keep`` ``[..., 1, 1, T]`` marks real keys."""
-    a, probs = attention(h, lp["attn"], config.num_heads, keep)
-    h = layer_norm(h + a, lp["attn_ln"], config.layer_norm_eps)
-    m = dense(activation(config.hidden_act)(dense(h, lp["mlp"]["fc1"])), lp["mlp"]["fc2"])
-    return layer_norm(h + m, lp["mlp_ln"], config.layer_norm_eps), probs
+    h, probs = _self_attention_part(h, lp, keep, config)
+    return _mlp_part(h, lp, config), probs
 
 
 @full_precision
@@ -354,14 +372,251 @@ def similarity(image_emb: jax.Array, text_emb: jax.Array) -> jax.Array:
     return image_emb @ text_emb.T
 
 
+# --- the image–text matching (ITM) head ----------------------------------------------------------------------
+
+
+def image_tokens(params: Params, pixels: jax.Array, config: BlipConfig) -> jax.Array:
+    """The image tokens ``[N, S, Dv]`` the matching head cross-attends to: every token of the image tower after
+    its post-layer norm, class token first (``S = config.vision.num_positions``)."""
+    return image_forward(params, pixels, config)[1]["tokens"]
+
+
+def _cross_attention(h: jax.Array, image: jax.Array, p: Params, num_heads: int) -> tuple[jax.Array, jax.Array]:
+    """Multi-head attention of the text tokens ``h`` ``[..., T, D]`` (queries) over the image tokens ``image``
+    ``[..., S, Dv]`` (keys and values, projected from the image width to ``D``); every image token is attended
+    to (transformers' ``encoder_attention_mask`` of ones). Returns ``([..., T, D], probs [..., H, T, S])``."""
+    *batch, t, d = h.shape
+    s, hd = image.shape[-2], d // num_heads
+    q = dense(h, p["q"]).reshape(*batch, t, num_heads, hd)
+    k = dense(image, p["k"]).reshape(*batch, s, num_heads, hd)
+    v = dense(image, p["v"]).reshape(*batch, s, num_heads, hd)
+    ft = at_least_f32(h.dtype)
+    logits = jnp.einsum("...qhd,...khd->...hqk", q, k).astype(ft) * (hd**-0.5)
+    probs = jax.nn.softmax(logits, axis=-1).astype(h.dtype)
+    out = jnp.einsum("...hqk,...khd->...qhd", probs, v).reshape(*batch, t, d)
+    return dense(out, p["out"]), probs
+
+
+def _itm_block(h, lp, cp, image, keep, config: BlipTextConfig):
+    """One layer of the text encoder as the matching head runs it: self-attention (with the padding mask), then
+    cross-attention to the image tokens, then the MLP; each followed by its residual and post-layer norm."""
+    h, self_probs = _self_attention_part(h, lp, keep, config)
+    c, cross_probs = _cross_attention(h, image, cp["attn"], config.num_heads)
+    h = layer_norm(h + c, cp["ln"], config.layer_norm_eps)
+    return _mlp_part(h, lp, config), self_probs, cross_probs
+
+
+@full_precision
+def itm_forward(
+    params: Params,
+    image_tokens: jax.Array,
+    token_ids: jax.Array,
+    mask: jax.Array | None,
+    config: BlipConfig,
+    collect: bool = False,
+    *,
+    token_embeds: jax.Array | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """BLIP's image–text matching head on ``N`` (image, text) pairs: ``p(match)`` of each pair.
+
+    As transformers' ``BlipForImageTextRetrieval(..., use_itm_head=True)``: the text encoder runs over the
+    text's ids as they are (its first token, [CLS], is *not* replaced by an [ENC] token, as the original BLIP
+    code does), bidirectionally with the padding mask, each layer cross-attending to every image token; the
+    first position of its last hidden state goes through ``itm_head`` (a linear map to 2 logits) and
+    ``p(match) = softmax(logits)[1]``.
+
+    Args:
+      params: the model params, with the matching head's under ``params["itm"]``.
+      image_tokens: ``[N, S, Dv]`` image tokens (:func:`image_tokens`), one image per pair.
+      token_ids: ``[N, T]`` int ids starting with the [CLS] id, ``T <= config.text.max_positions``.
+      mask: ``[N, T]`` attention mask, 1 (or True) for real tokens and 0 for padding; None attends to all.
+      config: the model config (static); ``config.text.cross_attention`` must be set.
+      collect: also return every layer's attention maps.
+      token_embeds: optional ``[N, T, D]`` word embeddings used instead of looking up ``token_ids``.
+
+    Returns:
+      ``(p_match [N] float32, intermediates)`` with ``"logits"`` ``[N, 2]`` (float32; transformers'
+      ``itm_score``), ``"pooled"`` ``[N, D]`` (the [CLS] token fed to the head) and ``"tokens"`` ``[N, T, D]``
+      (the last hidden state); with ``collect=True`` also ``"cross_attention"`` ``[N, L, H, T, S]`` (softmax
+      weights of each text token over the image tokens, per layer and head; position 0 of ``S`` is the
+      image's class token) and ``"self_attention"`` ``[N, L, H, T, T]``.
+    """
+    t, p = config.text, params["text"]
+    if not t.cross_attention or "cross" not in params.get("itm", {}):
+        raise ValueError("this model has no cross-attention layers (text_config.is_decoder is false): no ITM head")
+    if token_ids.ndim != 2 or token_ids.shape[1] > t.max_positions:
+        raise ValueError(f"token_ids must be [N, T] with T <= {t.max_positions}, got {token_ids.shape}")
+    if mask is not None and tuple(mask.shape) != tuple(token_ids.shape):
+        raise ValueError(f"mask must have the shape of token_ids {token_ids.shape}, got {mask.shape}")
+    want = (config.vision.num_positions, config.vision.hidden_size)
+    if image_tokens.ndim != 3 or tuple(image_tokens.shape[1:]) != want or image_tokens.shape[0] != token_ids.shape[0]:
+        raise ValueError(
+            f"image_tokens must be [N, {want[0]}, {want[1]}] with N = {token_ids.shape[0]} (one image per text), "
+            f"got {image_tokens.shape}"
+        )
+    length = token_ids.shape[1]
+    x = embed_tokens(params, token_ids) if token_embeds is None else token_embeds
+    dtype = p["token_embedding"].dtype
+    x = layer_norm(x.astype(dtype) + p["position_embedding"][:length], p["embed_ln"], t.layer_norm_eps)
+    image = jnp.asarray(image_tokens).astype(dtype)
+    keep = None if mask is None else (jnp.asarray(mask) != 0)[..., None, None, :]
+
+    def block(h, lps):
+        h, self_probs, cross_probs = _itm_block(h, *lps, image, keep, t)
+        return h, ((self_probs, cross_probs) if collect else None)
+
+    layers, cross = p["layers"], params["itm"]["cross"]
+    if is_unstacked(layers):
+        h, outs = x, []
+        for lp, cp in zip(layers, unstack(cross), strict=True):
+            h, out = block(h, (lp, cp))
+            outs.append(out)
+        stacked = jax.tree.map(lambda *a: jnp.stack(a), *outs) if collect and outs else None
+    else:
+        h, stacked = jax.lax.scan(block, x, (layers, stack(cross)))
+    aux = {}
+    if collect:
+        self_probs, cross_probs = stacked
+        aux = _batch_first({"self_attention": self_probs, "cross_attention": cross_probs})
+    pooled = h[..., 0, :]
+    logits = dense(pooled, params["itm"]["head"]).astype(at_least_f32(h.dtype))
+    aux.update(logits=logits, pooled=pooled, tokens=h)
+    return jax.nn.softmax(logits, axis=-1)[..., 1], aux
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _itm_chunk(params: Params, tokens: jax.Array, ids: jax.Array, mask: jax.Array, config: BlipConfig) -> jax.Array:
+    return itm_forward(params, tokens, ids, mask, config)[0]
+
+
+ITM_CHUNK = 64  # pairs the matching head scores at a time in itm_scores
+
+
+def itm_scores(
+    params: Params,
+    image_tokens: Any,
+    token_ids: Any,
+    mask: Any,
+    config: BlipConfig,
+    *,
+    image_rows: Any = None,
+    text_rows: Any = None,
+    chunk: int = ITM_CHUNK,
+) -> np.ndarray:
+    """``p(match)`` of ``M`` (image, text) pairs, scored ``chunk`` pairs at a time (host helper).
+
+    Each chunk's image tokens and texts are gathered just before they are scored, so memory holds one chunk's
+    ``[chunk, S, Dv]`` tokens whatever ``M`` is. Every call of the jitted head has the shape ``[C, S, Dv]``,
+    ``C = min(chunk, bucket(M))`` (the last chunk is padded by repeating its last pair): one compilation per
+    ``(C, T)`` and config.
+
+    Args:
+      params: the model params (jax arrays; NumPy ones are moved to the device once per call).
+      image_tokens: the images' tokens ``[I, S, Dv]`` (a NumPy array, a memory map or a jax array, indexed by
+        rows), or a function ``rows [C] int64 → [C, S, Dv]`` that makes them (e.g. runs the image tower on
+        those rows' pixels: see :func:`tokens_from_pixels`).
+      token_ids: ``[J, T]`` token ids; mask: ``[J, T]`` their attention mask (None: ``token_ids != pad``).
+      config: the model config.
+      image_rows, text_rows: ``[M]`` the image row and the text row of each pair. Both None: the pairs are
+        image ``i`` with text ``i`` (``I == J == M``).
+      chunk: pairs per call (bounds memory).
+
+    Returns:
+      ``[M]`` float32 ``p(match)``.
+    """
+    ids = np.asarray(token_ids)
+    if ids.ndim != 2:
+        raise ValueError(f"token_ids must be [J, T], got shape {ids.shape}")
+    mask = (ids != config.text.pad_token_id) if mask is None else np.asarray(mask)
+    if (image_rows is None) != (text_rows is None):
+        raise ValueError("give both image_rows and text_rows, or neither")
+    if image_rows is None:
+        image_rows = text_rows = np.arange(len(ids))
+    image_rows, text_rows = np.asarray(image_rows, np.int64), np.asarray(text_rows, np.int64)
+    if image_rows.shape != text_rows.shape or image_rows.ndim != 1:
+        raise ValueError(f"image_rows and text_rows must be [M] alike, got {image_rows.shape} and {text_rows.shape}")
+    m = len(image_rows)
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
+    out = np.zeros(m, np.float32)
+    if not m:
+        return out
+    params = jax.tree.map(jnp.asarray, params)
+    size = min(chunk, bucket(m))
+    gather = image_tokens if callable(image_tokens) else (lambda rows: image_tokens[rows])
+    for s in chunks(m, size):
+        rows_i = pad_edge(image_rows[s], size)
+        rows_t = pad_edge(text_rows[s], size)
+        tokens = jnp.asarray(gather(rows_i))
+        p = _itm_chunk(params, tokens, jnp.asarray(ids[rows_t]), jnp.asarray(mask[rows_t]), config)
+        out[s] = np.asarray(p)[: s.stop - s.start]
+    return out
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _tokens_jit(params: Params, pixels: jax.Array, config: BlipConfig) -> jax.Array:
+    return image_tokens(params, pixels, config)
+
+
+def tokens_from_pixels(params: Params, pixels: Any, config: BlipConfig):
+    """A function ``rows [C] → image tokens [C, S, Dv]`` that runs the image tower on ``pixels[rows]`` (pixels
+    ``[I, 3, H, W]``: a NumPy array or a memory map), for :func:`itm_scores` over a bank whose tokens are too
+    large to keep (``S · Dv`` floats per image: 443,136 at BLIP-base). One compilation per chunk shape."""
+    params = jax.tree.map(jnp.asarray, params)
+    return lambda rows: _tokens_jit(params, jnp.asarray(np.asarray(pixels[rows], np.float32)), config)
+
+
+def cross_attention_maps(cross_attention: Any, config: BlipConfig) -> dict[str, np.ndarray]:
+    """Per-token maps over the image's patch grid from the matching head's cross-attention.
+
+    Args:
+      cross_attention: ``[..., L, H, T, S]`` cross-attention weights (``itm_forward(..., collect=True)``'s
+        ``"cross_attention"``, of one pair ``[L, H, T, S]`` or a batch ``[N, L, H, T, S]``).
+      config: the model config (gives the grid: ``S = 1 + g²``, ``g = config.vision.grid_size``).
+
+    Returns:
+      A dict of float32 NumPy arrays:
+
+      * ``"maps"`` ``[..., L, H, T, g, g]``: the weight each text token (row ``t``) gives each image patch, per
+        layer and head, with the class-token position dropped and the patches laid out row by row as the
+        patch convolution reads them (row ``i``, column ``j`` is the patch at pixels ``[i·p:(i+1)·p,
+        j·p:(j+1)·p]``). A token's map sums to one minus its weight on the class token;
+      * ``"mean"`` ``[..., L, T, g, g]``: ``"maps"`` averaged over the heads;
+      * ``"class_token"`` ``[..., L, H, T]``: the weight on the class token that the maps leave out.
+
+    Rows of padding tokens are whatever the head computed for them; slice them off by the text's mask.
+    """
+    a = np.asarray(cross_attention, np.float32)
+    g = config.vision.grid_size
+    if a.ndim < 4 or a.shape[-1] != g * g + 1:
+        raise ValueError(f"cross_attention must be [..., L, H, T, {g * g + 1}] for this model, got {a.shape}")
+    maps = a[..., 1:].reshape(*a.shape[:-1], g, g)
+    return {"maps": maps, "mean": maps.mean(axis=-4), "class_token": a[..., 0]}
+
+
+def encode_text_ids(params: Params, token_ids: jax.Array, config: BlipConfig) -> jax.Array:
+    """Unit-norm text embeddings ``[N, E]`` of padded ids ``[N, T]``, the mask read off the ids
+    (``ids != config.text.pad_token_id``: a tokenizer pads with [PAD], which no text holds). The
+    ``(params, ids, config)`` signature of :class:`jaxplain.models.family.Family`'s text encoders."""
+    return encode_text(params, token_ids, token_ids != config.text.pad_token_id, config)
+
+
+def _with_layers(params: Params, layout) -> Params:
+    out = {**params, **{tower: {**params[tower], "layers": layout(params[tower]["layers"])} for tower in TOWERS}}
+    if "cross" in params.get("itm", {}):
+        out["itm"] = {**params["itm"], "cross": layout(params["itm"]["cross"])}
+    return out
+
+
 def unstack_layers(params: Params) -> Params:
-    """``params`` with each tower's ``layers`` as a tuple of per-layer dicts: the same model, unrolled."""
-    return {**params, **{tower: {**params[tower], "layers": unstack(params[tower]["layers"])} for tower in TOWERS}}
+    """``params`` with each tower's ``layers`` (and the matching head's cross-attention layers) as a tuple of
+    per-layer dicts: the same model, unrolled."""
+    return _with_layers(params, unstack)
 
 
 def stack_layers(params: Params) -> Params:
-    """The inverse of :func:`unstack_layers`: each tower's layers stacked along a leading ``[L]`` axis."""
-    return {**params, **{tower: {**params[tower], "layers": stack(params[tower]["layers"])} for tower in TOWERS}}
+    """The inverse of :func:`unstack_layers`: every layer stack along a leading ``[L]`` axis."""
+    return _with_layers(params, stack)
 
 
 def _dense_init(key, n_in, n_out, layers=None):
