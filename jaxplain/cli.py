@@ -19,7 +19,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from jaxplain.commands import bank, classify, demo, embed, evaluate, explain
+from jaxplain.commands import bank, classify, convert, demo, embed, evaluate, explain
 from jaxplain.commands.common import EXIT_ERROR, EXIT_INTERNAL
 from jaxplain.errors import JaxplainError
 from jaxplain.train import command as train
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Explain the decisions of CLIP-style vision-language models at scale, in JAX.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (bank, classify, demo, embed, evaluate, explain, train):
+    for command in (bank, classify, convert, demo, embed, evaluate, explain, train):
         command.register(sub)
     return parser
 
