@@ -295,6 +295,12 @@ class SiglipImageProcessing:
             "do_convert_rgb": True,
         }
 
+    @property
+    def image_processing(self) -> ImageProcessing:
+        """These steps as jaxplain's general :class:`~jaxplain.data.images.ImageProcessing` (a resize to the
+        square, no centre crop), e.g. for :func:`jaxplain.data.fashion_mnist.pixel_table`."""
+        return self._steps
+
     @functools.cached_property
     def _steps(self) -> ImageProcessing:
         """jaxplain's CLIP preprocessing set to these steps: a resize to (height, width), no centre crop."""

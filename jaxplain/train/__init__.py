@@ -1,4 +1,5 @@
-"""Training CLIP from scratch: the contrastive loss, a data-parallel jitted step, checkpoints, the command.
+"""Training CLIP or SigLIP from scratch: the contrastive and sigmoid losses, a data-parallel jitted step,
+checkpoints, the command.
 
 The public pieces::
 
@@ -6,12 +7,15 @@ The public pieces::
     state, history = train(model_config, config, source, checkpoint_dir=...)
 
 with ``source`` a :class:`~jaxplain.train.pipeline.BatchSource` (batch ``t`` as a function of
-``(seed, t)``) and ``model_config`` from :func:`~jaxplain.train.presets.model_config`.
+``(seed, t)``) and ``model_config`` from :func:`~jaxplain.train.presets.model_config` (CLIP) or
+:func:`~jaxplain.train.presets.siglip_model_config` (SigLIP).
 """
 
 from jaxplain.train.checkpoint import TrainState, latest_checkpoint, restore_state, save_state
 from jaxplain.train.loop import (
+    Architecture,
     TrainConfig,
+    architecture,
     compiled_train_step,
     data_mesh,
     init_state,
@@ -20,16 +24,18 @@ from jaxplain.train.loop import (
     resume,
     train,
 )
-from jaxplain.train.loss import MAX_LOGIT_SCALE, contrastive_loss, loss_fn
+from jaxplain.train.loss import MAX_LOGIT_SCALE, contrastive_loss, loss_fn, siglip_loss_fn, sigmoid_loss
 from jaxplain.train.pipeline import BatchSource, caption_table
-from jaxplain.train.presets import PRESETS, model_config
+from jaxplain.train.presets import PRESETS, model_config, siglip_model_config
 
 __all__ = [
     "MAX_LOGIT_SCALE",
     "PRESETS",
+    "Architecture",
     "BatchSource",
     "TrainConfig",
     "TrainState",
+    "architecture",
     "caption_table",
     "compiled_train_step",
     "contrastive_loss",
@@ -43,5 +49,8 @@ __all__ = [
     "restore_state",
     "resume",
     "save_state",
+    "siglip_loss_fn",
+    "siglip_model_config",
+    "sigmoid_loss",
     "train",
 ]

@@ -21,11 +21,12 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxplain.models import clip
+from jaxplain.models import clip, siglip
 from jaxplain.models.config import ClipConfig
+from jaxplain.models.siglip import SiglipConfig
 from jaxplain.sharding import DATA, make_mesh
 from jaxplain.train.checkpoint import TrainState, latest_checkpoint, restore_state, save_state
-from jaxplain.train.loss import MAX_LOGIT_SCALE, loss_fn
+from jaxplain.train.loss import MAX_LOGIT_SCALE, loss_fn, siglip_loss_fn
 
 Batch = dict[str, np.ndarray]
 # Weight decay applies to matrices that mix features, not to norms, biases, embeddings or the temperature.
@@ -66,6 +67,26 @@ class TrainConfig:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
 
 
+ModelConfig = ClipConfig | SiglipConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """What training needs to know about a model's architecture: its initial params, its loss, and the cap on
+    its log-temperature (CLIP caps it at ``log 100``; SigLIP leaves it free)."""
+
+    init_params: Callable[[jax.Array, Any], Any]
+    loss_fn: Callable[[Any, Batch, Any], tuple[jax.Array, dict[str, Any]]]
+    max_logit_scale: float | None
+
+
+def architecture(model_config: ModelConfig) -> Architecture:
+    """The :class:`Architecture` of a model config (a CLIP or SigLIP one)."""
+    if isinstance(model_config, SiglipConfig):
+        return Architecture(siglip.init_params, siglip_loss_fn, None)
+    return Architecture(clip.init_params, loss_fn, MAX_LOGIT_SCALE)
+
+
 def _decay_mask(params: clip.Params) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) in _DECAYED, params)
 
@@ -85,9 +106,9 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     )
 
 
-def init_state(model_config: ClipConfig, config: TrainConfig) -> TrainState:
+def init_state(model_config: ModelConfig, config: TrainConfig) -> TrainState:
     """Fresh params (from ``config.seed``) and optimizer state, at step 0."""
-    params = clip.init_params(jax.random.key(config.seed), model_config)
+    params = architecture(model_config).init_params(jax.random.key(config.seed), model_config)
     return TrainState(params, make_optimizer(config).init(params), 0, config.seed)
 
 
@@ -97,7 +118,7 @@ def data_mesh() -> Mesh:
 
 
 def make_train_step(
-    model_config: ClipConfig, optimizer: optax.GradientTransformation, mesh: Mesh
+    model_config: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh
 ) -> Callable[[clip.Params, Any, Batch], tuple[clip.Params, Any, dict[str, jax.Array]]]:
     """The jitted step ``(params, opt_state, batch) → (params, opt_state, metrics)``.
 
@@ -107,13 +128,15 @@ def make_train_step(
     """
     replicated = NamedSharding(mesh, PartitionSpec())
     sharded = NamedSharding(mesh, PartitionSpec("data"))
+    arch = architecture(model_config)
 
     def step(params, opt_state, batch):
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(params, batch, model_config)
+        grads, metrics = jax.grad(arch.loss_fn, has_aux=True)(params, batch, model_config)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        # Cap the temperature parameter itself (as CLIP does), so the saved model uses the trained value.
-        params = {**params, "logit_scale": jnp.minimum(params["logit_scale"], MAX_LOGIT_SCALE)}
+        if arch.max_logit_scale is not None:
+            # Cap the temperature parameter itself (as CLIP does), so the saved model uses the trained value.
+            params = {**params, "logit_scale": jnp.minimum(params["logit_scale"], arch.max_logit_scale)}
         return params, opt_state, {**metrics, "grad_norm": optax.tree.norm(grads)}
 
     return jax.jit(
@@ -125,7 +148,7 @@ def make_train_step(
 
 
 @functools.lru_cache(maxsize=4)
-def compiled_train_step(model_config: ClipConfig, config: TrainConfig, mesh: Mesh):
+def compiled_train_step(model_config: ModelConfig, config: TrainConfig, mesh: Mesh):
     """:func:`make_train_step` with :func:`make_optimizer` of ``config``, cached: runs in one process with the
     same model, settings and mesh (e.g. a run and its resumption) share one compiled step."""
     return make_train_step(model_config, make_optimizer(config), mesh)
@@ -147,7 +170,7 @@ def _progress(total: int, initial: int, enabled: bool):
 
 
 def train(
-    model_config: ClipConfig,
+    model_config: ModelConfig,
     config: TrainConfig,
     source: Callable[[int], Batch],
     *,
@@ -208,12 +231,12 @@ def _host_state(params, opt_state, step: int, seed: int) -> TrainState:
     return TrainState(params, opt_state, step, seed)
 
 
-def checkpoint_metadata(model_config: ClipConfig, config: TrainConfig) -> dict[str, Any]:
+def checkpoint_metadata(model_config: ModelConfig, config: TrainConfig) -> dict[str, Any]:
     """What a checkpoint records about its run, and a resumed run must match."""
     return {"model": model_config.to_hf_dict(), "train": dataclasses.asdict(config)}
 
 
-def resume(model_config: ClipConfig, config: TrainConfig, checkpoint_dir: str | Path) -> TrainState | None:
+def resume(model_config: ModelConfig, config: TrainConfig, checkpoint_dir: str | Path) -> TrainState | None:
     """The state of the newest checkpoint in ``checkpoint_dir``, or None if there is none."""
     path = latest_checkpoint(checkpoint_dir)
     if path is None:

@@ -26,14 +26,17 @@ def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, _PERMUTATION, epoch]).permutation(n)
 
 
-def caption_table(space: CaptionSpace, tokenizer: Tokenizer) -> np.ndarray:
+def caption_table(space: CaptionSpace, tokenizer: Tokenizer, cut: bool = True) -> np.ndarray:
     """Token ids ``[R, T]`` of every caption of ``space`` (rows as :meth:`CaptionSpace.flat_index`).
 
-    ``T`` is the length of the longest caption, not the model's context: padding is the end-of-text
-    token and pooling reads the first one, so shorter rows give the same embeddings and training
-    spends no compute on padding.
+    With ``cut`` (a causal text tower, CLIP's), ``T`` is the length of the longest caption, not the model's
+    context: padding is the end-of-text token and pooling reads the first one, so shorter rows give the
+    same embeddings and training spends no compute on padding. Without it (SigLIP's bidirectional tower,
+    pooled at the last position), rows keep the full context the model sees at inference.
     """
     ids = tokenizer(space.table_texts())
+    if not cut:
+        return np.ascontiguousarray(ids, np.int32)
     first_eos = np.argmax(ids == tokenizer.eos_id, axis=1)
     return np.ascontiguousarray(ids[:, : first_eos.max() + 1])
 
@@ -89,14 +92,16 @@ class BatchSource:
         max_shift: int = 0,
         flip: float = 0.0,
         space: CaptionSpace | None = None,
+        cut_captions: bool = True,
     ) -> BatchSource:
+        """The source of a run; ``cut_captions`` as ``cut`` in :func:`caption_table`."""
         space = space or CaptionSpace()
         if batch_size > len(images):
             raise ValueError(f"batch size {batch_size} is larger than the {len(images)} training images")
         return cls(
             images=images,
             labels=np.asarray(labels, np.int32),
-            captions=caption_table(space, tokenizer),
+            captions=caption_table(space, tokenizer, cut_captions),
             pixel_table=fashion_mnist.pixel_table(processing),
             space=space,
             batch_size=batch_size,
