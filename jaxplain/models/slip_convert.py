@@ -171,8 +171,6 @@ def _vision_heads(width: int, model: str | None, override: int | None, source: s
         heads = override
     else:
         found = _MODEL_NAME.match(model or "")
-        if found and found.group(1) == "SIMCLR":
-            raise CheckpointError(f"{source}: args.model is {model!r}: a SimCLR model has no text tower to convert")
         if found:
             want, heads = _VIT_BY_NAME[found.group(2)]
             if width != want:
@@ -210,6 +208,8 @@ def config_from_slip_state(
     that contradict each other raise :class:`CheckpointError` naming the key; everything else is checked
     by :func:`params_from_slip_state`.
     """
+    if model is not None and model.startswith("SIMCLR"):
+        raise CheckpointError(f"{source}: args.model is {model!r}: a SimCLR model has no text tower to convert")
     d, c, ph, pw = _anchor(state, "visual.patch_embed.proj.weight", 4, source)
     if ph != pw or c != 3:
         raise CheckpointError(
@@ -224,6 +224,7 @@ def config_from_slip_state(
             "token and a square grid of patches)"
         )
     vf = _anchor(state, "visual.blocks.0.mlp.fc1.weight", 2, source)[0]
+    vision_heads = _vision_heads(d, model, vision_heads, source)
     vocab, width = _anchor(state, "token_embedding.weight", 2, source)
     context = _anchor(state, "positional_embedding", 2, source)[0]
     tf = _anchor(state, "transformer.resblocks.0.mlp.c_fc.weight", 2, source)[0]
@@ -242,7 +243,7 @@ def config_from_slip_state(
         hidden_size=d,
         intermediate_size=vf,
         num_layers=_depth(state, "visual.blocks"),
-        num_heads=_vision_heads(d, model, vision_heads, source),
+        num_heads=vision_heads,
         hidden_act="gelu",
         layer_norm_eps=VISION_EPS,
         pre_norm=False,
