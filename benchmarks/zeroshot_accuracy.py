@@ -1,14 +1,17 @@
-"""Zero-shot accuracy of the shipped Fashion-MNIST CLIP, through jaxplain and through transformers' PyTorch CLIP.
+"""Zero-shot accuracy of a shipped Fashion-MNIST model, through jaxplain and through transformers' PyTorch model.
 
 Both paths classify the 10,000 shipped Fashion-MNIST test images against the same prompt ensemble
 (the 10 class names × ``jaxplain.DEFAULT_TEMPLATES``), each with its own stack end to end:
 
-* jaxplain: ``jaxplain.load`` → ``model.preprocess`` → ``class_embeddings`` / ``zero_shot_probs``;
-* PyTorch: ``CLIPModel`` + ``CLIPTokenizer`` + ``CLIPImageProcessorPil`` loaded from the same directory.
+* jaxplain: ``jaxplain.load`` → ``model.preprocess`` → ``class_embeddings`` / ``zeroshot.probabilities`` (the
+  model's own decision: CLIP's softmax, SigLIP's sigmoid per class);
+* PyTorch: for ``fashion-clip`` ``CLIPModel`` + ``CLIPTokenizer`` + ``CLIPImageProcessorPil``, for
+  ``fashion-siglip`` ``SiglipModel`` + its ``AutoTokenizer`` (SentencePiece) + ``SiglipImageProcessorPil``,
+  loaded from the same directory.
 
 The two accuracies must agree within 0.1 percentage point (exit status 1 otherwise).
 
-    python benchmarks/zeroshot_accuracy.py [--model fashion-clip] [--limit N]
+    python benchmarks/zeroshot_accuracy.py [--model fashion-clip|fashion-siglip] [--limit N]
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 
 import jaxplain
 from jaxplain.data.fashion_mnist import CLASS_NAMES, load_shipped_test
-from jaxplain.zeroshot import DEFAULT_TEMPLATES, class_embeddings, prompts, zero_shot_probs
+from jaxplain.zeroshot import DEFAULT_TEMPLATES, class_embeddings, probabilities, prompts
 
 TOLERANCE = 0.001  # accuracies may differ by at most 0.1 percentage point
 BATCH = 500
@@ -31,20 +34,34 @@ def jaxplain_predictions(model: jaxplain.Model, images: np.ndarray) -> tuple[np.
     """``(predicted classes [N], pixels [N, 3, 28, 28])`` through jaxplain's own preprocessing and model."""
     pixels = model.preprocess(list(images))
     cls = class_embeddings(model, CLASS_NAMES, DEFAULT_TEMPLATES)
-    probs = zero_shot_probs(model.encode_pixels(pixels, batch_size=BATCH), cls, model.logit_scale)
+    probs = probabilities(model, model.encode_pixels(pixels, batch_size=BATCH), cls)
     return np.asarray(probs).argmax(axis=1), pixels
 
 
-def torch_predictions(directory, images: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(predicted classes [N], pixels [N, 3, 28, 28])`` through transformers' PyTorch CLIP."""
+def torch_predictions(directory, images: np.ndarray, context: int, family: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(predicted classes [N], pixels [N, 3, 28, 28])`` through transformers' PyTorch CLIP or SigLIP."""
     import torch
     from PIL import Image
-    from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
+    from transformers import (
+        AutoTokenizer,
+        CLIPImageProcessorPil,
+        CLIPModel,
+        CLIPTokenizer,
+        SiglipImageProcessorPil,
+        SiglipModel,
+    )
 
     torch.set_grad_enabled(False)
-    model = CLIPModel.from_pretrained(str(directory)).eval()
-    tokenizer = CLIPTokenizer.from_pretrained(str(directory))
-    processor = CLIPImageProcessorPil.from_pretrained(str(directory))
+    if family == "siglip":
+        model = SiglipModel.from_pretrained(str(directory)).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        processor = SiglipImageProcessorPil.from_pretrained(str(directory))
+        bias = model.logit_bias
+    else:
+        model = CLIPModel.from_pretrained(str(directory)).eval()
+        tokenizer = CLIPTokenizer.from_pretrained(str(directory))
+        processor = CLIPImageProcessorPil.from_pretrained(str(directory))
+        bias = 0.0
 
     texts = prompts(CLASS_NAMES, DEFAULT_TEMPLATES)
     ids = tokenizer(texts, padding="max_length", max_length=context, truncation=True, return_tensors="pt")
@@ -57,7 +74,8 @@ def torch_predictions(directory, images: np.ndarray, context: int) -> tuple[np.n
         batch = [Image.fromarray(x, mode="L") for x in images[start : start + BATCH]]
         pixels = processor(images=batch, return_tensors="pt")["pixel_values"]
         u = torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
-        preds.append((model.logit_scale.exp() * u @ v.T).argmax(dim=1).numpy())
+        logits = model.logit_scale.exp() * u @ v.T + bias  # softmax or sigmoid: the argmax of the logits
+        preds.append(logits.argmax(dim=1).numpy())
         all_pixels.append(pixels.numpy())
     return np.concatenate(preds), np.concatenate(all_pixels)
 
@@ -77,12 +95,15 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     pred_jax, pix_jax = jaxplain_predictions(model, images)
     t1 = time.perf_counter()
-    pred_torch, pix_torch = torch_predictions(model.directory, images, model.config.text.max_positions)
+    pred_torch, pix_torch = torch_predictions(
+        model.directory, images, model.config.text.max_positions, model.family.name
+    )
     t2 = time.perf_counter()
 
     acc_jax, acc_torch = np.mean(pred_jax == labels), np.mean(pred_torch == labels)
     diff = acc_jax - acc_torch
-    rows = [("jaxplain (JAX)", acc_jax, t1 - t0), ("transformers CLIPModel (PyTorch)", acc_torch, t2 - t1)]
+    reference = "SiglipModel" if model.family.name == "siglip" else "CLIPModel"
+    rows = [("jaxplain (JAX)", acc_jax, t1 - t0), (f"transformers {reference} (PyTorch)", acc_torch, t2 - t1)]
     print(f"{'path':<34} {'accuracy':>9} {'time':>8}")
     print("-" * 53)
     for name, acc, sec in rows:

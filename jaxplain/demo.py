@@ -22,7 +22,7 @@ import numpy as np
 from jaxplain.attribution import attribute
 from jaxplain.counterfactual import Bank, build_bank, counterfactuals
 from jaxplain.models.bundle import Model
-from jaxplain.zeroshot import DEFAULT_TEMPLATES, class_embeddings, zero_shot_probs
+from jaxplain.zeroshot import DEFAULT_TEMPLATES, class_embeddings, probabilities
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,9 +91,11 @@ def run_demo(
 ) -> tuple[list[dict], dict, Bank, Bank]:
     """Explain ``n`` randomly drawn images of ``data`` (fixed ``seed``).
 
+    Probabilities are the model's own decision (:func:`jaxplain.zeroshot.probabilities`): CLIP's softmax
+    over the classes, or SigLIP's sigmoid of each class on its own; the summary's ``decision`` says which.
+
     Returns the per-image records, a summary, and the image and caption banks used.
     """
-    model.require_softmax("the demo")
     start = time.perf_counter()
     if image_bank is None:
         image_bank, _ = build_bank(model, images=data.images, labels=data.labels, progress=progress)
@@ -103,7 +105,7 @@ def run_demo(
     sample = [data.images[i] for i in rows]
     classes = list(data.classes)
     u = model.encode_images(sample)
-    probs = np.asarray(zero_shot_probs(u, class_embeddings(model, classes), model.logit_scale))
+    probs = probabilities(model, u, class_embeddings(model, classes))
     pred = probs.argmax(1)
     common = dict(bank=image_bank, classes=classes, top=3)
     other = counterfactuals(model, sample, want="other-class", **common)
@@ -160,6 +162,7 @@ def run_demo(
     summary = {
         "model": model.name,
         "fingerprint": model.fingerprint,
+        "decision": model.decision,
         "images": len(records),
         "image_bank": len(image_bank),
         "text_bank": len(text_bank),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import jaxplain
+import jaxplain.train.evaluate
 from jaxplain.data import fashion_mnist as fm
 from jaxplain.data.siglip_inputs import SiglipImageProcessing, SiglipTokenizer
 from jaxplain.models import siglip
@@ -159,3 +160,18 @@ def test_trained_siglip_loads_in_transformers(trained):
     u, v = model.encode_pixels(pixels), model.encode_ids(ids)
     probs = jaxplain.zeroshot.probabilities(model, u, v)
     np.testing.assert_allclose(probs, torch.sigmoid(out.logits_per_image).numpy(), atol=1e-5)
+
+
+def test_shipped_siglip_classifies_fashion_mnist():
+    model = jaxplain.load("fashion-siglip")
+    assert model.family is SIGLIP and model.config.vision.image_size == 28 and model.config.text.max_positions == 16
+    size = sum(f.stat().st_size for f in model.directory.iterdir())
+    assert size <= 10 * 2**20
+    images, labels = fm.load_shipped_test()
+    accuracy = jaxplain.train.evaluate.zero_shot_accuracy(model, images[:1000], labels[:1000], fm.CLASS_NAMES)
+    assert accuracy > 0.85  # 87.46% on all 10,000 (TRAINING.md)
+
+
+@pytest.mark.reference
+def test_shipped_siglip_matches_transformers():
+    test_trained_siglip_loads_in_transformers(jaxplain.load("fashion-siglip").directory)

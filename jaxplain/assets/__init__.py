@@ -1,7 +1,8 @@
 """Data files shipped inside the package: CLIP's BPE vocabulary and the models jaxplain ships.
 
-A shipped model is a Hugging Face CLIP directory under ``assets/models/NAME/``; ``jaxplain.load(NAME)``
-finds it offline.
+A shipped model is a Hugging Face checkpoint directory under ``assets/models/NAME/``: ``fashion-clip``
+(``CLIPModel``, softmax decision) and ``fashion-siglip`` (``SiglipModel``, sigmoid decision), both trained by
+``jaxplain train`` on Fashion-MNIST; ``jaxplain.load(NAME)`` finds them offline.
 """
 
 from __future__ import annotations

@@ -217,10 +217,13 @@ def read_hf_checkpoint(directory, what: str, config_from_dict, params_from_state
 
 def write_hf_checkpoint(directory, state: dict[str, np.ndarray], config_dict: dict) -> None:
     """Write tensors and a config as a Hugging Face directory that transformers loads (``config.json`` and
-    ``model.safetensors``)."""
-    from safetensors.numpy import save_file
+    ``model.safetensors``), each atomically and with the permissions of a new file
+    (:mod:`jaxplain.outputs`)."""
+    from safetensors.numpy import save
+
+    from jaxplain.outputs import write_bytes, write_text
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    (directory / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n", encoding="utf-8")
+    write_bytes(directory / "model.safetensors", save(state, metadata={"format": "pt"}))
+    write_text(directory / "config.json", json.dumps(config_dict, indent=2) + "\n")

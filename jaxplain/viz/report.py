@@ -20,6 +20,15 @@ from jaxplain.data.images import load_rgb
 from jaxplain.viz.heatmap import overlay
 from jaxplain.viz.text import highlight_html
 
+DECISION_TEXT = {
+    "softmax": "Probabilities are the model's softmax over the classes: they compete and sum to 100%.",
+    "sigmoid": (
+        "Probabilities are the model's sigmoid of each class on its own, σ(s·u·v + b): the classes do not "
+        "compete, so they need not sum to 100%, and several classes, or none, may pass 50%. The prediction is "
+        "the class with the highest probability."
+    ),
+}
+
 THUMB = 112
 
 CSS = """
@@ -140,10 +149,11 @@ def render(records: list[dict], summary: dict, image_of: Callable[[Any], Any]) -
     cards = []
     for r in records:
         truth = f" · true label <b>{_esc(r['label'])}</b>" if r.get("label") else ""
+        kind = " (sigmoid)" if s.get("decision") == "sigmoid" else ""
         cards.append(
             f"""<div class="card"><h2>{_esc(r["name"])}</h2><div class="row">
 <div class="orig"><img src="{data_uri(image_of(r["image"]))}" width="{THUMB}" alt="original"></div>
-<div><div>model says <b>{_esc(r["predicted"])}</b> with {r["confidence"]:.1%}{truth}</div>{_bars(r["top"])}</div>
+<div><div>model says <b>{_esc(r["predicted"])}</b> with {r["confidence"]:.1%}{kind}{truth}</div>{_bars(r["top"])}</div>
 </div>
 {_attribution(r, image_of(r["image"]))}
 <div class="section"><b>Nearest real images the model would put in another class</b>
@@ -162,7 +172,7 @@ def render(records: list[dict], summary: dict, image_of: Callable[[Any], Any]) -
 <div class="muted">Model <b>{_esc(s["model"])}</b> (fingerprint {_esc(s["fingerprint"])}) · image bank of
 {s["image_bank"]:,} real images · caption bank of {s["text_bank"]:,} captions. Every counterfactual below is a real item
 from a bank, re-scored by the model: the class and probability under each picture are the model's own output for it;
-distance is between unit embeddings.</div>
+distance is between unit embeddings. {_esc(DECISION_TEXT[s.get("decision", "softmax")])}</div>
 <div class="summary">{stat_html}</div>
 {"".join(cards)}
 </body></html>
