@@ -175,3 +175,19 @@ def test_every_answer_holds_under_transformers(shipped):
                 assert (p.argmax(1) != p0[i].argmax()).all()
                 checked += len(p)
     assert checked >= 200
+
+
+def test_banks_record_the_family(shipped, tmp_path):
+    import json
+
+    from jaxplain.counterfactual import Bank, BankError
+
+    model, images, _ = shipped
+    bank, _ = build_bank(model, images=images[:40], progress=False)
+    assert bank.family == "siglip"
+    bank.save(tmp_path / "b")
+    meta = json.loads((tmp_path / "b" / "bank.json").read_text())
+    assert meta["family"] == "siglip" and meta["fingerprint"] == model.fingerprint
+    assert Bank.load(tmp_path / "b", model).family == "siglip"
+    with pytest.raises(BankError, match="fashion-siglip"):
+        Bank.load(tmp_path / "b", jaxplain.load("fashion-clip"))

@@ -88,6 +88,8 @@ class Bank:
       fingerprint: that model's :attr:`Model.fingerprint`.
       index: searches ``embeddings`` (:class:`ExactIndex` or :class:`ScannIndex`).
       labels: optional ``[M]`` int64 labels (e.g. Fashion-MNIST classes).
+      family: the model's family (``"clip"``, ``"siglip"``, …: :attr:`Model.family`), recorded beside the
+        fingerprint (None for a bank built without a model).
     """
 
     kind: str
@@ -98,6 +100,7 @@ class Bank:
     fingerprint: str
     index: Index
     labels: np.ndarray | None = None
+    family: str | None = None
 
     def __post_init__(self):
         m = len(self.items)
@@ -260,6 +263,7 @@ class Bank:
                     "kind": self.kind,
                     "model_name": self.model_name,
                     "fingerprint": self.fingerprint,
+                    "family": self.family,
                     "size": self.size,
                     "dim": self.dim,
                     "index": self.index.backend,
@@ -324,7 +328,17 @@ class Bank:
             if not isinstance(index, ScannIndex) or (index.size, index.dim) != emb.shape:
                 raise BankError(f"{d / INDEX_DIR}: {index} does not match the bank's embeddings {emb.shape}")
         try:
-            bank = cls(meta["kind"], items, ids, emb, meta["model_name"], meta["fingerprint"], index, labels)
+            bank = cls(
+                meta["kind"],
+                items,
+                ids,
+                emb,
+                meta["model_name"],
+                meta["fingerprint"],
+                index,
+                labels,
+                meta.get("family"),
+            )
         except InputError as e:
             raise BankError(f"{d}: {e}") from None
         bank.__dict__["_embeddings_checksum"] = digest  # verified above: not hashed again
@@ -334,7 +348,7 @@ class Bank:
         labels = ", labelled" if self.labels is not None else ""
         return (
             f"Bank({self.kind}, {self.size:,} items × {self.dim}, {self.index!r}, model {self.model_name!r} "
-            f"fingerprint {self.fingerprint}{labels})"
+            f"{'' if self.family is None else self.family + ' '}fingerprint {self.fingerprint}{labels})"
         )
 
 
@@ -615,6 +629,7 @@ def _build_from_records(
         embeddings=emb,
         model_name=model.name,
         fingerprint=model.fingerprint,
+        family=model.family.name,
         index=build_index(emb, backend),
         labels=None if label_field is None else np.asarray(labels, np.int64),
     )
@@ -745,6 +760,7 @@ def build_bank(
         embeddings=np.ascontiguousarray(emb, np.float32),
         model_name=model.name,
         fingerprint=model.fingerprint,
+        family=model.family.name,
         index=build_index(emb, backend),
         labels=None if label_array is None else label_array[kept],
     )

@@ -391,6 +391,7 @@ def _precomputed_banks(
             embeddings=emb,
             model_name=model.name,
             fingerprint=model.fingerprint,
+            family=model.family.name,
             index=build_index(emb, backend),
         )
         return buf["j"], bank, buf["bad"]
@@ -458,6 +459,7 @@ def _write_manifest(directory: Path, markers: list[dict], kind: str, model: Mode
         "kind": kind,
         "model_name": model.name,
         "fingerprint": model.fingerprint,
+        "family": model.family.name,
         "size": offset,
         "dim": model.embed_dim,
         "index": "sharded",
@@ -550,6 +552,7 @@ def load_sharded(d: Path, meta: dict[str, Any], model: Model | None = None) -> B
         embeddings=np.concatenate([p.embeddings for p in parts]),
         model_name=meta["model_name"],
         fingerprint=meta["fingerprint"],
+        family=meta.get("family"),
         index=ShardedIndex([p.index for p in parts], offsets),
         labels=np.concatenate([p.labels for p in parts]) if all(labelled) else None,
     )
