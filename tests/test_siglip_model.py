@@ -1,6 +1,6 @@
 """A SigLIP checkpoint loaded as a Model: its towers, tokenizer and preprocessing, its sigmoid decision in
 zero-shot classification (``classify`` and the command) and in counterfactuals, and a clear refusal where a
-use is still built on CLIP's softmax (attribution, the demo)."""
+use is still built on CLIP's softmax (the demo; attribution follows the sigmoid: tests/test_attribution_siglip.py)."""
 
 import json
 import shutil
@@ -12,7 +12,6 @@ import pytest
 
 import jaxplain
 from jaxplain.cli import main
-from jaxplain.errors import InputError
 from jaxplain.models import siglip
 from jaxplain.models.family import SIGLIP
 from jaxplain.models.siglip_convert import write_checkpoint
@@ -138,22 +137,6 @@ def test_counterfactuals_follow_the_sigmoid_decision(siglip_dir):
     assert found[0] == found[1] and sum(found[1]) > len(queries) // 2
     first = [[c.bank_row for c in p.counterfactuals[:1]] for p in res["exhaustive"].pairs]
     assert first == [[c.bank_row for c in p.counterfactuals[:1]] for p in res["index"].pairs]
-
-
-def test_uses_built_on_the_softmax_are_refused_by_name(siglip_dir):
-    model = jaxplain.load(siglip_dir)
-    want = (
-        f"{{}} is not available yet for {str(siglip_dir)!r}, a siglip model: it reads the softmax over classes, "
-        "and this model decides by a sigmoid per class"
-    )
-    with pytest.raises(InputError) as e:
-        jaxplain.attribute(model, IMAGES[:1], ["a bag"])
-    assert str(e.value) == want.format("attribution")
-    from jaxplain.demo import DemoData, run_demo
-
-    with pytest.raises(InputError) as e:
-        run_demo(model, DemoData(images=IMAGES, names=[p.name for p in IMAGES], classes=["a", "b"], captions=["x"]))
-    assert str(e.value) == want.format("the demo")
 
 
 @pytest.mark.reference

@@ -58,6 +58,16 @@ def _short(text: str, n: int = 50) -> str:
     return repr(text if len(text) <= n else text[: n - 1] + "…")
 
 
+def _named_class(directory: Path) -> str | None:
+    """The ``tokenizer_class`` a directory's ``tokenizer_config.json`` names, or None (no file, unreadable)."""
+    try:
+        d = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = d.get("tokenizer_class") if isinstance(d, dict) else None
+    return name if isinstance(name, str) else None
+
+
 class SiglipTokenizer:
     """Turns texts into ``[N, context_length]`` int32 token ids for a SigLIP or SigLIP 2 text tower.
 
@@ -108,7 +118,14 @@ class SiglipTokenizer:
                     "install the sentencepiece package to read it (pip install sentencepiece)"
                 )
         try:
-            hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            if _named_class(path) == "SiglipTokenizer":
+                # SigLIP's own class, loaded directly: AutoTokenizer would also build a default model config
+                # and warn about its token ids, which have nothing to do with this checkpoint
+                from transformers import SiglipTokenizer as HfSiglipTokenizer
+
+                hf = HfSiglipTokenizer.from_pretrained(str(path), local_files_only=True)
+            else:
+                hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{directory}: cannot load its tokenizer ({type(e).__name__}: {e})") from None
         if hf is None or not callable(hf):
