@@ -229,7 +229,7 @@ LIVE = [
 
 @pytest.mark.reference
 @pytest.mark.parametrize(("name", "width", "heads", "vlayers", "tlayers"), LIVE)
-def test_live_parity_through_the_command_line(tmp_path, name, width, heads, vlayers, tlayers):
+def test_live_parity_through_the_command_line(tmp_path, capsys, name, width, heads, vlayers, tlayers):
     import argparse
 
     from jaxplain.data.tokenize import bundled_bpe_dir
@@ -247,6 +247,8 @@ def test_live_parity_through_the_command_line(tmp_path, name, width, heads, vlay
     assert any(k.startswith("module.image_mlp.") for k in saved)
 
     assert _convert(pt, tmp_path / "out") == 0
+    layers = f"{vlayers} layer" + "s" * (vlayers > 1)
+    assert f"({name}: image width {width}, {layers}, {heads} heads, patch 16, 224 px;" in capsys.readouterr().err
     model = jaxplain.load(tmp_path / "out")
     c = model.config
     assert (c.vision.hidden_size, c.vision.num_heads, c.vision.num_layers, c.vision.patch_size) == (

@@ -582,8 +582,12 @@ def read_config_summary(directory: str | Path) -> str:
     c = config_from_slip_dict(d, str(path))
     v, t = c.vision, c.text
     model = (d.get("slip") or {}).get("model") if isinstance(d.get("slip"), dict) else None
+
+    def n(count: int, what: str) -> str:
+        return f"{count} {what}" + ("" if count == 1 else "s")
+
     return (
-        f"{model or 'SLIP'}: image width {v.hidden_size}, {v.num_layers} layers, {v.num_heads} heads, patch "
-        f"{v.patch_size}, {v.image_size} px; text width {t.hidden_size}, {t.num_layers} layers, {t.num_heads} heads; "
-        f"embeddings {c.projection_dim}"
+        f"{model or 'SLIP'}: image width {v.hidden_size}, {n(v.num_layers, 'layer')}, {n(v.num_heads, 'head')}, "
+        f"patch {v.patch_size}, {v.image_size} px; text width {t.hidden_size}, {n(t.num_layers, 'layer')}, "
+        f"{n(t.num_heads, 'head')}; embeddings {c.projection_dim}"
     )
