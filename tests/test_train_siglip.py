@@ -175,3 +175,11 @@ def test_shipped_siglip_classifies_fashion_mnist():
 @pytest.mark.reference
 def test_shipped_siglip_matches_transformers():
     test_trained_siglip_loads_in_transformers(jaxplain.load("fashion-siglip").directory)
+
+
+def test_save_refuses_a_model_the_clip_format_cannot_hold(tmp_path):
+    from jaxplain.errors import InputError
+
+    with pytest.raises(InputError, match=r"fashion-siglip: save writes the Hugging Face CLIP format.*\(siglip\)"):
+        jaxplain.save(jaxplain.load("fashion-siglip"), tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -352,7 +352,21 @@ def save_checkpoint(
 
 
 def save(model: Model, directory: str | os.PathLike) -> Path:
-    """Save a loaded :class:`Model` (weights as float32) in the Hugging Face CLIP format."""
+    """Save a loaded :class:`Model` (weights as float32) in the Hugging Face CLIP format.
+
+    Only a model that format can hold: a CLIP whose image tower has its pre-layer norm. Another family (a
+    SigLIP, or a SLIP whose image tower has no pre-LN) is an :class:`~jaxplain.errors.InputError`: its own
+    checkpoint directory is already the format to keep it in.
+    """
+    from jaxplain.errors import InputError
+    from jaxplain.models.family import CLIP
+
+    if model.family is not CLIP or not getattr(model.config.vision, "pre_norm", True):
+        raise InputError(
+            f"{model.name}: save writes the Hugging Face CLIP format, which cannot hold this model "
+            f"({model.family.name}{'' if model.family is not CLIP else ' without a pre-layer norm'}); "
+            "copy its checkpoint directory instead"
+        )
     params = jax.tree.map(lambda x: np.asarray(x, np.float32), model.params)
     src = model.directory if model.directory is not None else bundled_bpe_dir()
     return save_checkpoint(directory, model.config, params, src, model.processing)
