@@ -96,14 +96,18 @@ def test_targets_follow_the_sigmoid_decision_by_hand(model, pixels, classes):
         f"margin:prob:shirt>={tau}": sims[:, 2] - level,
         f"margin:prob:shirt<={tau}": level - sims[:, 2],
     }
-    for spec, want in specs.items():
-        a = jaxplain.attribute(model, pixels, method="gradient", target=spec, classes=CLASSES, templates=TEMPLATES)
-        np.testing.assert_allclose(a.score, want, rtol=1e-5, atol=2e-6, err_msg=spec)
-    assert not np.allclose(sigmoid(SCALE * sims + BIAS).sum(1), 1.0, atol=1e-2)  # really not a softmax
+    # every target for every image, in one call: pair k is image k % 4 with target k // 4
     a = jaxplain.attribute(
-        model, pixels, method="gradient", target="prob:predicted", classes=CLASSES, templates=TEMPLATES
+        model,
+        np.tile(pixels, (len(specs), 1, 1, 1)),
+        method="gradient",
+        target=[t for t in specs for _ in range(4)],
+        classes=CLASSES,
+        templates=TEMPLATES,
     )
-    assert a.targets == [f"prob:{CLASSES[i]}" for i in ranked[:, 0]]
+    np.testing.assert_allclose(a.score, np.concatenate(list(specs.values())), rtol=1e-5, atol=2e-6)
+    assert a.targets[8:12] == [f"prob:{CLASSES[i]}" for i in ranked[:, 0]]
+    assert not np.allclose(sigmoid(SCALE * sims + BIAS).sum(1), 1.0, atol=1e-2)  # really not a softmax
 
 
 # ---------------------------------------------------------------- gradients
@@ -117,7 +121,7 @@ def test_gradient_equals_jax_grad_of_the_hand_written_target(model, pixels, clas
         def total(x, f=f):
             return f(siglip.image_forward(model.params, x, model.config)[0]).sum()
 
-        g = np.asarray(jax.grad(total)(jnp.asarray(pixels)))  # [N, 3, H, W]; the images do not interact
+        g = np.asarray(jax.jit(jax.grad(total))(jnp.asarray(pixels)))  # [N, 3, H, W]; the images do not interact
         kw = dict(target=spec, classes=CLASSES, templates=TEMPLATES)
         sal = jaxplain.attribute(model, pixels, method="gradient", **kw)
         gxi = jaxplain.attribute(model, pixels, method="gradient_x_input", **kw)
@@ -142,8 +146,8 @@ def test_patch_embedding_entry_point_equals_the_pixel_forward(model, pixels):
 @pytest.mark.parametrize("spec", ["prob:bag", "contrast:shoe vs shirt"])
 def test_image_ig_is_complete(model, pixels, classes, spec):
     """Σ attributions = f(x) − f(baseline): f computed by hand from the embeddings of the images and of the
-    all-zero baseline (grey, SigLIP's pixels lie in [−1, 1]). Measured: |delta| ≤ 1.2e-4 (prob) and 7e-4
-    (contrast, whose values are ~10× larger) at 64 Gauss–Legendre steps in float32."""
+    all-zero baseline (grey, SigLIP's pixels lie in [−1, 1]). Measured at 64 Gauss–Legendre steps in float32:
+    |delta| ≤ 2.7e-7 (prob, gaps ≥ 0.048) and 5.4e-7 (contrast, gaps ≥ 0.011); asserted within 5e-6."""
     a = jaxplain.attribute(model, pixels, method="ig", target=spec, classes=CLASSES, templates=TEMPLATES, steps=64)
     u = np.asarray(model.encode_pixels(pixels), np.float64)
     ub = np.asarray(model.encode_pixels(np.zeros_like(pixels)), np.float64)
@@ -156,9 +160,8 @@ def test_image_ig_is_complete(model, pixels, classes, spec):
     np.testing.assert_allclose(a.baseline_score, f(ub), rtol=1e-5, atol=1e-6)
     gap = f(u) - f(ub)
     assert np.abs(gap).min() > 10 * np.abs(a.delta).max()  # the test is not vacuous
-    tol = 2e-4 if spec.startswith("prob") else 1e-3
-    np.testing.assert_allclose(a.pixels.sum(axis=(1, 2)), gap, atol=tol)
-    np.testing.assert_allclose(a.patches.sum(axis=(1, 2)), gap, atol=tol)
+    np.testing.assert_allclose(a.pixels.sum(axis=(1, 2)), gap, atol=5e-6)
+    np.testing.assert_allclose(a.patches.sum(axis=(1, 2)), gap, atol=5e-6)
 
 
 # ---------------------------------------------------------------- perturbations
@@ -224,7 +227,7 @@ def test_image_gradcam_reads_every_token_as_a_patch(model, pixels, classes):
             siglip.image_forward(model.params, jnp.asarray(pixels), model.config, taps={"tokens": tokens})[0]
         ).sum()
 
-    grads = np.asarray(jax.grad(total)(zero))[-1]  # [N, 16, D]
+    grads = np.asarray(jax.jit(jax.grad(total))(zero))[-1]  # [N, 16, D]
     _, aux = siglip.image_forward(model.params, jnp.asarray(pixels), model.config, collect=True)
     acts = np.asarray(aux["tokens"][:, -2])  # the last block's input
     cam = np.maximum(np.einsum("npd,nd->np", acts, grads.mean(1)), 0).reshape(-1, 4, 4)
@@ -247,13 +250,14 @@ TEXTS = ["a photo of a bag", "A RED Shoe!", "sneakers with laces"]
 WORDS = [["a", "photo", "of", "a", "bag"], ["a", "red", "shoe"], ["sneakers", "with", "laces"]]
 
 
-@pytest.mark.parametrize("method", ["gradient_x_input", "ig", "smoothgrad", "occlusion", "rollout", "chefer", "random"])
+@pytest.mark.parametrize("method", ["gradient_x_input", "ig", "occlusion", "rollout", "chefer"])
 def test_word_attributions_cover_exactly_the_words(model, pixels, method):
     """SigLIP's tokenizer pads with its end id and adds no start token: the words are the pieces before the
     first end id, grouped at SentencePiece's ▁; the end token and the padding score exactly 0."""
     ids = model.tokenize(TEXTS)
     ends = np.argmax(ids == model.tokenizer.eos_id, axis=1)
-    a = jaxplain.attribute(model, pixels[:1], TEXTS, method=method, side="text")
+    options = {"steps": 4} if method == "ig" else {}
+    a = jaxplain.attribute(model, pixels[:1], TEXTS, method=method, side="text", **options)
     assert a.words == WORDS
     for i in range(len(TEXTS)):
         inside = np.arange(ids.shape[1]) < ends[i]
@@ -268,7 +272,8 @@ def test_word_attributions_cover_exactly_the_words(model, pixels, method):
 
 def test_text_occlusion_and_ig_by_hand(model, pixels):
     """Leaving a word out is its tokens removed and the rest shifted left, padded with the end id: the drop of
-    u·v equals the hand-made text's; IG over the word embeddings is complete (measured |delta| ≤ 1e-5)."""
+    u·v equals the hand-made text's; IG over the word embeddings is complete (measured |delta| ≤ 1.1e-7 at 64
+    steps, gaps ≥ 0.018; asserted within 2e-6)."""
     u = model.encode_pixels(pixels[:1])[0].astype(np.float64)
     occ = jaxplain.attribute(model, pixels[:1], TEXTS, method="occlusion", side="text")
     ids = model.tokenize(TEXTS)
@@ -281,7 +286,9 @@ def test_text_occlusion_and_ig_by_hand(model, pixels):
             drop = full - np.asarray(model.encode_ids(row[None]), np.float64)[0] @ u
             assert occ.word_scores[i][w] == pytest.approx(drop, abs=2e-6)
     ig = jaxplain.attribute(model, pixels[:1], TEXTS, method="ig", side="text", steps=64)
-    np.testing.assert_allclose(ig.tokens.sum(1), ig.score - ig.baseline_score, atol=2e-5)
+    gap = ig.score - ig.baseline_score
+    assert np.abs(gap).min() > 1e-3
+    np.testing.assert_allclose(ig.tokens.sum(1), gap, atol=2e-6)
 
 
 def test_one_compiled_method_serves_every_target_kind(model, pixels, tiny_model):

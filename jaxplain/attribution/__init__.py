@@ -18,7 +18,13 @@ method               module                                         sides
 ``random``           (a baseline for the metrics)                   image, text
 ===================  =============================================  ===============
 
-Targets (what is explained) are described in :mod:`~jaxplain.attribution.targets`.
+Targets (what is explained) are described in :mod:`~jaxplain.attribution.targets`; they follow the
+model's decision (a softmax over classes for CLIP, a sigmoid per class for SigLIP).
+
+The methods run the model through its family (:class:`~jaxplain.models.family.Family`, carried by
+:class:`Scoring`) and read its structural facts rather than assume CLIP's: where an image tower has no
+class token (SigLIP), ``rollout`` starts from its attention-pooling head's attention, ``gradcam`` reads every
+token as a patch, and ``chefer`` on images is refused (it reads a class token's relevance row).
 """
 
 from jaxplain.attribution.api import METHODS, Attribution, Method, attribute, methods_for
