@@ -205,6 +205,7 @@ def evaluate(
       protocol: the metrics' parameters.
       method_options: per method, the options passed to :func:`jaxplain.attribute`.
     """
+    model.require_softmax("explanation-quality evaluation")  # its scoring and word masks are CLIP's
     unknown = [m for m in metric_names if m not in DEFAULT_METRICS]
     if unknown:
         raise InputError(f"unknown metric {unknown[0]!r}; the metrics are {', '.join(DEFAULT_METRICS)}")
