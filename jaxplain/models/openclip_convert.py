@@ -17,22 +17,37 @@ with exact GELU, or QuickGELU where ``quick_gelu`` is true.
   tensors are listed by name.
 * :func:`read_openclip_checkpoint` does both for a directory.
 
-This module stands alone; it is not wired into :func:`jaxplain.load`.
+open_clip's own SigLIP models (``ViT-B-16-SigLIP`` and kin: a timm ``vit_*_siglip_*`` image trunk with an
+attention-pooling head, a bidirectional native text tower pooled at its last position with a biased projection,
+``init_logit_bias``) map onto :mod:`jaxplain.models.siglip` instead: :func:`siglip_config_from_openclip_dict`,
+:func:`params_from_openclip_siglip_state`, :func:`read_openclip_siglip_checkpoint`.
+
+:func:`load_openclip` is what :func:`jaxplain.load` calls for a directory with ``open_clip_config.json`` and
+no ``config.json``: a CLIP-family or a SigLIP-family :class:`~jaxplain.models.bundle.Model`, with its tokenizer
+and preprocessing.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import html
 import json
 import math
+import string
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
 from jaxplain.data.images import ImageProcessing
-from jaxplain.errors import CheckpointError
+from jaxplain.data.siglip_inputs import SiglipTokenizer
+from jaxplain.data.tokenize import TOKENIZER_FILES, Tokenizer, bundled_bpe_dir
+from jaxplain.errors import CheckpointError, InputError
+from jaxplain.models.bundle import Model, fingerprint
 from jaxplain.models.config import ClipConfig, TextConfig, VisionConfig
 from jaxplain.models.convert import check_tensors, set_path
 
@@ -90,11 +105,21 @@ _VISION_IGNORED = (
     "timm_model_kwargs",
 )
 
-_TEXT_READ = ("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "norm_kwargs")
+# hf_tokenizer_name: the tokenizer the loader must find in the directory (its end-of-text token must then be the
+# highest id, where the text tower pools)
+_TEXT_READ = (
+    "context_length",
+    "vocab_size",
+    "width",
+    "heads",
+    "layers",
+    "mlp_ratio",
+    "norm_kwargs",
+    "hf_tokenizer_name",
+)
 _TEXT_NEUTRAL: dict[str, tuple[Any, ...]] = {
     "text_arch": ("clip",),
     "hf_model_name": (None,),
-    "hf_tokenizer_name": (None,),  # the end-of-text token must be CLIP's, the highest id
     "tokenizer_type": ("",),
     "tokenizer_mode": (None,),
     "variable_text": (False,),
@@ -377,16 +402,22 @@ def _processing(p: Any, image_size: int, source: str) -> ImageProcessing:
     raise _bad(source, "preprocess_cfg.resize_mode", '"shortest" or "squash"', mode)
 
 
-def read_openclip_config(directory: str | Path) -> tuple[ClipConfig, ImageProcessing]:
-    """``(ClipConfig, ImageProcessing)`` of an OpenCLIP checkpoint directory's ``open_clip_config.json``, checked
-    by :func:`config_from_openclip_dict`. A missing or unreadable file is a :class:`CheckpointError` naming it."""
+def read_config_dict(directory: str | Path) -> tuple[Any, Path]:
+    """The parsed ``open_clip_config.json`` of a directory and its path. A missing or unreadable file is a
+    :class:`CheckpointError` naming it."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory}: no {CONFIG_FILE} (is this an OpenCLIP checkpoint directory?)")
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8")), path
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot read it as JSON ({e})") from None
+
+
+def read_openclip_config(directory: str | Path) -> tuple[ClipConfig, ImageProcessing]:
+    """``(ClipConfig, ImageProcessing)`` of an OpenCLIP checkpoint directory's ``open_clip_config.json``, checked
+    by :func:`config_from_openclip_dict`. A missing or unreadable file is a :class:`CheckpointError` naming it."""
+    d, path = read_config_dict(directory)
     return config_from_openclip_dict(d, source=str(path))
 
 
@@ -479,14 +510,617 @@ def read_openclip_checkpoint(directory: str | Path) -> tuple[dict[str, Any], Cli
     ``open_clip_model.safetensors``), both checked strictly (:func:`read_openclip_config`,
     :func:`params_from_openclip_state`; non-finite weights are refused too). Pickled weights
     (``open_clip_pytorch_model.bin``) are never read."""
-    from jaxplain.models.loading import _read_safetensors
-
     directory = Path(directory)
     config, processing = read_openclip_config(directory)
+    state, path = _read_weights(directory)
+    return params_from_openclip_state(state, config, source=str(path)), config, processing
+
+
+def _read_weights(directory: Path) -> tuple[dict[str, np.ndarray], Path]:
+    """The tensors of ``open_clip_model.safetensors`` (checked finite) and its path; pickles are never read."""
+    from jaxplain.models.loading import _read_safetensors
+
     path = directory / WEIGHTS_FILE
     if not path.is_file():
         pickled = [n.name for n in sorted(directory.glob("*.bin"))]
         hint = f" ({', '.join(pickled)} is pickled, which jaxplain never unpickles)" if pickled else ""
         raise CheckpointError(f"{directory}: no {WEIGHTS_FILE}{hint}")
-    state = _read_safetensors(path)
-    return params_from_openclip_state(state, config, source=str(path)), config, processing
+    return _read_safetensors(path), path
+
+
+# --- open_clip's SigLIP: a timm ViT trunk with an attention-pooling head, a bidirectional native text tower ------
+#
+# timm's SigLIP ViTs with a MAP head, as timm/models/vision_transformer.py defines them: name → (width, depth, heads,
+# mlp_ratio, patch, image size, activation). All have no class token, no pre-norm, a patch convolution with a bias,
+# biased qkv, timm's LayerNorm (eps 1e-6) and an AttentionPoolLatent head (one latent query, biased q and kv, the
+# trunk's MLP ratio and activation). The activation is timm's default nn.GELU (exact) unless the model sets
+# act_layer='gelu_tanh'; open_clip's quick_gelu never reaches a timm trunk.
+
+_EXACT, _TANH = "gelu", "gelu_pytorch_tanh"
+
+
+def _timm_siglip_trunks() -> dict[str, tuple[int, int, int, float, int, int, str]]:
+    trunks = {"vit_base_patch32_siglip_256": (768, 12, 12, 4.0, 32, 256, _TANH)}
+    for size in (224, 256, 384, 512):
+        trunks[f"vit_base_patch16_siglip_{size}"] = (768, 12, 12, 4.0, 16, size, _EXACT)
+    for size in (256, 384, 512):
+        trunks[f"vit_large_patch16_siglip_{size}"] = (1024, 24, 16, 4.0, 16, size, _TANH if size == 512 else _EXACT)
+        trunks[f"vit_so400m_patch16_siglip_{size}"] = (1152, 27, 16, 3.7362, 16, size, _TANH)
+    for size in (224, 378, 384):
+        trunks[f"vit_so400m_patch14_siglip_{size}"] = (1152, 27, 16, 3.7362, 14, size, _EXACT)
+    for size in (256, 384):
+        trunks[f"vit_giantopt_patch16_siglip_{size}"] = (1536, 40, 16, 4.0, 16, size, _TANH)
+    return trunks
+
+
+TIMM_SIGLIP_TRUNKS = _timm_siglip_trunks()
+"""The timm trunks jaxplain reads: name → ``(width, depth, heads, mlp_ratio, patch, image_size, activation)``."""
+
+# timm.create_model keyword arguments (vision_cfg.timm_model_kwargs) that change only these numbers
+_TIMM_KWARGS = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "img_size", "act_layer")
+_TIMM_ACTS = {"gelu": _EXACT, "gelu_tanh": _TANH}
+
+_SL_VISION_READ = ("timm_model_name", "timm_model_kwargs", "image_size")
+_SL_VISION_NEUTRAL: dict[str, tuple[Any, ...]] = {"timm_pool": ("map",), "timm_proj": ("none",)}
+# settings of the native ViT (a timm trunk replaces it, open_clip ignores them) and training-only ones
+_SL_VISION_IGNORED = (
+    *_VISION_READ,
+    *(k for k in _VISION_NEUTRAL if k != "timm_model_name"),
+    *(k for k in _VISION_IGNORED if k not in ("timm_pool", "timm_proj")),
+)
+
+_SL_TEXT_READ = (
+    *_TEXT_READ,
+    "act_kwargs",
+    "tokenizer_kwargs",
+    "proj_type",
+    "proj_bias",
+)
+_SL_TEXT_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    **{k: v for k, v in _TEXT_NEUTRAL.items() if k not in ("proj_bias", "proj_type", "act_kwargs")},
+    "no_causal_mask": (True,),  # SigLIP's text tower is bidirectional ...
+    "pool_type": ("last",),  # ... and pooled at its last position
+}
+_SL_TEXT_IGNORED = tuple(k for k in _TEXT_IGNORED if k != "tokenizer_kwargs")
+
+_SL_MODEL_READ = (*_MODEL_READ, "init_logit_bias", "custom_text", "nonscalar_logit_scale")
+_SL_MODEL_NEUTRAL = {k: v for k, v in _MODEL_NEUTRAL.items() if k not in _SL_MODEL_READ}
+
+# open_clip's text cleaning before a Hugging Face tokenizer (tokenizer_kwargs.clean; HFTokenizer's default)
+CLEAN_MODES = ("whitespace", "lower", "canonicalize")
+DEFAULT_CLEAN = "whitespace"
+
+
+@dataclasses.dataclass(frozen=True)
+class SiglipLayout:
+    """Where an open_clip SigLIP checkpoint keeps what :mod:`jaxplain.models.siglip`'s params hold, and how its
+    texts are tokenised.
+
+    Attributes:
+      text_prefix: ``"text."`` (``CustomTextCLIP``, ``custom_text`` true) or ``""`` (``CLIP``).
+      text_projection: ``"linear"`` (an ``nn.Linear`` with a bias, ``proj_bias`` true), ``"matrix"`` (a
+        ``[width, embed_dim]`` parameter without bias) or ``"none"`` (``proj_type`` ``"none"``: the identity).
+      scalar_shape: the shape of ``logit_scale`` and ``logit_bias``: ``()``, or ``(1,)`` with
+        ``nonscalar_logit_scale``.
+      hf_tokenizer_name: the Hugging Face tokenizer the config names (None where it names none).
+      clean: open_clip's cleaning of a text before the tokenizer sees it (one of :data:`CLEAN_MODES`).
+    """
+
+    text_prefix: str = "text."
+    text_projection: str = "linear"
+    scalar_shape: tuple[int, ...] = ()
+    hf_tokenizer_name: str | None = None
+    clean: str = DEFAULT_CLEAN
+
+
+def _square(value: Any, name: str, source: str) -> int:
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2 or value[0] != value[1]:
+            raise CheckpointError(f"{source}: {name!r} is {_short(value)}: only square images are supported")
+        value = value[0]
+    if not (_is_int(value) and value > 0):
+        raise _bad(source, name, "a positive integer", value)
+    return value
+
+
+def _timm_trunk(vc: dict[str, Any], source: str) -> tuple[int, int, int, int, int, int, str]:
+    """``(width, depth, heads, mlp_width, patch, image_size, activation)`` of a vision_cfg's timm trunk."""
+    where = "model_cfg.vision_cfg"
+    name = vc.get("timm_model_name")
+    if name not in TIMM_SIGLIP_TRUNKS:
+        raise CheckpointError(
+            f"{source}: '{where}.timm_model_name' is {_short(name)}: jaxplain reads timm trunks only as open_clip's "
+            f"SigLIP ViTs with an attention-pooling head ({', '.join(sorted(TIMM_SIGLIP_TRUNKS))}); other timm "
+            "trunks (ConvNeXt, EVA, average-pooled or NaFlex ViTs, ...) are not supported"
+        )
+    width, depth, heads, ratio, patch, size, act = TIMM_SIGLIP_TRUNKS[name]
+    kw = vc.get("timm_model_kwargs") or {}
+    if not isinstance(kw, dict):
+        raise _bad(source, f"{where}.timm_model_kwargs", "a JSON object", kw)
+    for key, value in kw.items():
+        k = f"{where}.timm_model_kwargs.{key}"
+        if key not in _TIMM_KWARGS:
+            raise CheckpointError(
+                f"{source}: {k!r} is not supported (jaxplain reads only {', '.join(_TIMM_KWARGS)} there)"
+            )
+        if key == "act_layer":
+            if value not in _TIMM_ACTS:
+                raise _bad(source, k, " or ".join(json.dumps(a) for a in _TIMM_ACTS), value)
+            act = _TIMM_ACTS[value]
+        elif key == "mlp_ratio":
+            if not (_is_number(value) and value > 0):
+                raise _bad(source, k, "a positive number", value)
+            ratio = value
+        elif key == "img_size":
+            size = _square(value, k, source)
+        elif key == "patch_size":
+            patch = _square(value, k, source)
+        else:
+            if not (_is_int(value) and value > 0):
+                raise _bad(source, k, "a positive integer", value)
+            width, depth, heads = {"embed_dim": (value, depth, heads), "depth": (width, value, heads)}.get(
+                key, (width, depth, value)
+            )
+    if width % heads:
+        raise CheckpointError(f"{source}: the trunk's width ({width}) must be divisible by its heads ({heads})")
+    if patch > size:
+        raise CheckpointError(f"{source}: the trunk's patch ({patch}) is larger than its image size ({size})")
+    if int(width * ratio) < 1:
+        raise _bad(source, f"{where}.timm_model_kwargs.mlp_ratio", "a ratio that leaves an MLP", ratio)
+    image_size = vc.get("image_size", 224)
+    image_size = _square(224 if image_size is None else image_size, f"{where}.image_size", source)
+    if image_size != size:
+        raise CheckpointError(
+            f"{source}: '{where}.image_size' ({image_size}) differs from the image size of the timm trunk "
+            f"{name} ({size}; set by the name or timm_model_kwargs.img_size)"
+        )
+    return width, depth, heads, int(width * ratio), patch, size, act
+
+
+def _text_act(tc: dict[str, Any], quick: bool, source: str) -> str:
+    """The text tower's activation: open_clip's nn.GELU (or QuickGELU) with its ``act_kwargs``."""
+    kw = tc.get("act_kwargs") or {}
+    name = "model_cfg.text_cfg.act_kwargs"
+    if not isinstance(kw, dict) or set(kw) - {"approximate"} or kw.get("approximate", "none") not in ("none", "tanh"):
+        raise _bad(source, name, '{"approximate": "tanh"} or {"approximate": "none"} (nn.GELU\'s)', kw)
+    if quick:
+        if kw:
+            raise CheckpointError(f"{source}: {name!r} with 'model_cfg.quick_gelu' true: QuickGELU takes no arguments")
+        return "quick_gelu"
+    return _TANH if kw.get("approximate") == "tanh" else _EXACT
+
+
+def _clean_mode(tc: dict[str, Any], source: str) -> str:
+    kw = tc.get("tokenizer_kwargs") or {}
+    name = "model_cfg.text_cfg.tokenizer_kwargs"
+    if not isinstance(kw, dict):
+        raise _bad(source, name, "a JSON object", kw)
+    for key, value in kw.items():
+        if key == "strip_sep_token" and value is False:
+            continue
+        if key != "clean":
+            raise CheckpointError(f"{source}: '{name}.{key}' is {_short(value)}: jaxplain supports only 'clean' there")
+    clean = kw.get("clean", DEFAULT_CLEAN)
+    if clean not in CLEAN_MODES:
+        raise _bad(source, f"{name}.clean", " or ".join(json.dumps(c) for c in CLEAN_MODES), clean)
+    return clean
+
+
+def siglip_config_from_openclip_dict(d: Any, source: str = CONFIG_FILE) -> tuple[Any, Any, SiglipLayout]:
+    """``(SiglipConfig, processing, SiglipLayout)`` from the dictionary of an open_clip SigLIP
+    ``open_clip_config.json`` (``vision_cfg.timm_model_name`` a timm SigLIP ViT, see :data:`TIMM_SIGLIP_TRUNKS`).
+
+    The image tower is the timm trunk (its numbers from the name, overridden by ``timm_model_kwargs``; LayerNorm
+    eps 1e-6; the activation timm gives that trunk), pooled by its attention-pooling head: ``timm_pool`` must be
+    ``"map"`` and ``timm_proj`` ``"none"``, so the embedding is the head's output and ``embed_dim`` must be the
+    trunk's width. The text tower is open_clip's native one, bidirectional (``no_causal_mask`` true) and pooled at
+    its last position (``pool_type`` ``"last"``), after ``ln_final`` (eps from ``norm_kwargs``, else 1e-5), with
+    ``nn.GELU`` (``act_kwargs.approximate`` ``"tanh"``: the tanh form) and MLP width ``int(width * mlp_ratio)``;
+    its projection to ``embed_dim`` is a biased linear (``proj_bias`` true), a bias-free matrix, or none
+    (``proj_type`` ``"none"``, where the text width must be ``embed_dim``). ``init_logit_bias`` must be set (the
+    sigmoid decision). The processing is :class:`~jaxplain.data.siglip_inputs.SiglipImageProcessing` for
+    ``resize_mode`` ``"squash"`` (open_clip's SigLIP default), else :class:`ImageProcessing`.
+
+    Anything else — another timm trunk or pooling, an image size the trunk does not take, a causal or
+    differently pooled text tower, an unknown key — is a :class:`CheckpointError` naming ``source`` and the key.
+    """
+    from jaxplain.data.siglip_inputs import SiglipImageProcessing
+    from jaxplain.models.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{source}: must hold a JSON object, got {type(d).__name__} {_short(d)}")
+    if "model_cfg" not in d:
+        raise CheckpointError(f"{source}: no 'model_cfg' (is this an OpenCLIP open_clip_config.json?)")
+    m = _check_keys(d["model_cfg"], "model_cfg", source, _SL_MODEL_READ, _SL_MODEL_NEUTRAL, _MODEL_IGNORED)
+    for key in ("embed_dim", "vision_cfg", "text_cfg"):
+        if m.get(key) is None:
+            raise CheckpointError(f"{source}: 'model_cfg.{key}' is missing")
+    vc = _check_keys(
+        m["vision_cfg"], "model_cfg.vision_cfg", source, _SL_VISION_READ, _SL_VISION_NEUTRAL, _SL_VISION_IGNORED
+    )
+    if "timm_pool" not in vc or "timm_proj" not in vc:  # open_clip's defaults ('avg', 'linear') are not SigLIP's
+        missing = "timm_pool" if "timm_pool" not in vc else "timm_proj"
+        raise CheckpointError(
+            f"{source}: 'model_cfg.vision_cfg.{missing}' is not set (open_clip's default is not SigLIP's): "
+            'jaxplain reads timm trunks with timm_pool "map" and timm_proj "none"'
+        )
+    tc = _check_keys(m["text_cfg"], "model_cfg.text_cfg", source, _SL_TEXT_READ, _SL_TEXT_NEUTRAL, _SL_TEXT_IGNORED)
+    if not _is_number(m.get("init_logit_bias")):
+        raise CheckpointError(
+            f"{source}: 'model_cfg.init_logit_bias' is {_short(m.get('init_logit_bias'))}: a timm trunk is read only "
+            "in open_clip's SigLIP models, whose sigmoid decision has a logit bias (a number)"
+        )
+    for key in ("quick_gelu", "custom_text", "nonscalar_logit_scale"):
+        if not isinstance(m.get(key, False), bool):
+            raise _bad(source, f"model_cfg.{key}", "true or false", m[key])
+    if m.get("init_logit_scale") is not None and not _is_number(m["init_logit_scale"]):
+        raise _bad(source, "model_cfg.init_logit_scale", "a finite number", m["init_logit_scale"])
+    embed_dim = _positive_int(m, "embed_dim", None, "model_cfg", source)
+
+    width, depth, heads, mlp, patch, size, act = _timm_trunk(vc, source)
+    if width != embed_dim:
+        raise CheckpointError(
+            f"{source}: 'model_cfg.embed_dim' ({embed_dim}) differs from the width of the timm trunk ({width}): "
+            'with timm_proj "none" the image embedding is the trunk\'s pooled output'
+        )
+    vision = SiglipVisionConfig(
+        image_size=size,
+        patch_size=patch,
+        num_channels=3,
+        hidden_size=width,
+        intermediate_size=mlp,
+        num_layers=depth,
+        num_heads=heads,
+        hidden_act=act,
+        layer_norm_eps=1e-6,
+    )
+
+    tw = "model_cfg.text_cfg"
+    twidth = _positive_int(tc, "width", 512, tw, source)
+    theads = _positive_int(tc, "heads", 8, tw, source)
+    if twidth % theads:
+        raise CheckpointError(f"{source}: '{tw}.width' ({twidth}) must be divisible by '{tw}.heads' ({theads})")
+    proj_type = tc.get("proj_type", "linear")
+    if proj_type not in ("linear", "none"):
+        raise _bad(source, f"{tw}.proj_type", '"linear" or "none"', proj_type)
+    proj_bias = tc.get("proj_bias", False)
+    if not isinstance(proj_bias, bool):
+        raise _bad(source, f"{tw}.proj_bias", "true or false", proj_bias)
+    projection = "none" if proj_type == "none" else "linear" if proj_bias else "matrix"
+    if projection == "none" and twidth != embed_dim:
+        raise CheckpointError(
+            f"{source}: '{tw}.proj_type' is \"none\" but the text width ({twidth}) is not 'model_cfg.embed_dim' "
+            f"({embed_dim}): the two embeddings could not be compared"
+        )
+    name = tc.get("hf_tokenizer_name")
+    if name is not None and not isinstance(name, str):
+        raise _bad(source, f"{tw}.hf_tokenizer_name", "a string", name)
+    text = SiglipTextConfig(
+        vocab_size=_positive_int(tc, "vocab_size", 49408, tw, source),
+        hidden_size=twidth,
+        intermediate_size=_mlp_width(tc, twidth, tw, source),
+        num_layers=_positive_int(tc, "layers", 12, tw, source),
+        num_heads=theads,
+        max_positions=_positive_int(tc, "context_length", 77, tw, source),
+        hidden_act=_text_act(tc, m.get("quick_gelu", False), source),
+        layer_norm_eps=_eps(tc, tw, source),
+        projection_size=embed_dim,
+    )
+    layout = SiglipLayout(
+        text_prefix="text." if m.get("custom_text", False) else "",
+        text_projection=projection,
+        scalar_shape=(1,) if m.get("nonscalar_logit_scale", False) else (),
+        hf_tokenizer_name=name,
+        clean=_clean_mode(tc, source),
+    )
+    processing = _processing(d.get("preprocess_cfg"), size, source)
+    if processing.shortest_edge is None:  # a squash: SigLIP's own preprocessing
+        processing = SiglipImageProcessing(
+            height=size, width=size, mean=processing.mean, std=processing.std, resample=processing.resample
+        )
+    return SiglipConfig(text=text, vision=vision), processing, layout
+
+
+# How a tensor is stored, beyond the kinds above: "qkv" a fused [3D, D] weight or [3D] bias (timm's attn.qkv, and
+# the text tower's in_proj) split into q, k, v; "kv" timm's pooling head's fused [2D, D] / [2D] split into k, v;
+# "latent" the head's [1, 1, D] query (a [D] probe here); "pos" timm's [1, T, D] position table ([T, D] here);
+# "scalar" logit_scale / logit_bias (0-d here).
+
+
+def _siglip_specs(config: Any, layout: SiglipLayout) -> Iterator[tuple[str, tuple, int | None, str, tuple[int, ...]]]:
+    """Yield ``(openclip_key, param_path, layer_index, kind, shape)`` for every tensor of an open_clip SigLIP."""
+    t, v = config.text, config.vision
+    td, vd, e = t.hidden_size, v.hidden_size, config.embed_dim
+    for name in ("logit_scale", "logit_bias"):
+        yield name, (name,), None, "scalar", layout.scalar_shape
+    trunk = "visual.trunk."
+    patch = (vd, v.num_channels, v.patch_size, v.patch_size)
+    yield f"{trunk}patch_embed.proj.weight", ("vision", "patch_embedding", "kernel"), None, "patch", patch
+    yield f"{trunk}patch_embed.proj.bias", ("vision", "patch_embedding", "bias"), None, "plain", (vd,)
+    yield f"{trunk}pos_embed", ("vision", "position_embedding"), None, "pos", (1, v.num_positions, vd)
+    pool, head = f"{trunk}attn_pool.", ("vision", "head")
+    yield f"{pool}latent", (*head, "probe"), None, "latent", (1, 1, vd)
+    for x, leaf, shape in (("weight", "kernel", (vd, vd)), ("bias", "bias", (vd,))):
+        yield f"{pool}q.{x}", (*head, "attn", "q", leaf), None, "linear" if x == "weight" else "plain", shape
+        yield f"{pool}kv.{x}", (*head, "attn", "kv", leaf), None, "kv", (2 * vd, *shape[1:])
+        yield f"{pool}proj.{x}", (*head, "attn", "out", leaf), None, "linear" if x == "weight" else "plain", shape
+    for x, leaf in (("weight", "scale"), ("bias", "bias")):
+        yield f"{trunk}norm.{x}", ("vision", "post_ln", leaf), None, "plain", (vd,)
+        yield f"{pool}norm.{x}", (*head, "ln", leaf), None, "plain", (vd,)
+    vf = v.intermediate_size
+    for fc, (n_in, n_out) in (("fc1", (vd, vf)), ("fc2", (vf, vd))):
+        yield f"{pool}mlp.{fc}.weight", (*head, "mlp", fc, "kernel"), None, "linear", (n_out, n_in)
+        yield f"{pool}mlp.{fc}.bias", (*head, "mlp", fc, "bias"), None, "plain", (n_out,)
+    for i in range(v.num_layers):
+        base = f"{trunk}blocks.{i}."
+        for name, path, n_in, n_out in (
+            ("attn.qkv", ("attn", "qkv"), vd, 3 * vd),
+            ("attn.proj", ("attn", "out"), vd, vd),
+            ("mlp.fc1", ("mlp", "fc1"), vd, vf),
+            ("mlp.fc2", ("mlp", "fc2"), vf, vd),
+        ):
+            w, b = ("qkv", "qkv") if name == "attn.qkv" else ("linear", "plain")
+            yield f"{base}{name}.weight", ("vision", "layers", *path, "kernel"), i, w, (n_out, n_in)
+            yield f"{base}{name}.bias", ("vision", "layers", *path, "bias"), i, b, (n_out,)
+        for ln, short in (("norm1", "ln1"), ("norm2", "ln2")):
+            yield f"{base}{ln}.weight", ("vision", "layers", short, "scale"), i, "plain", (vd,)
+            yield f"{base}{ln}.bias", ("vision", "layers", short, "bias"), i, "plain", (vd,)
+
+    p = layout.text_prefix
+    yield f"{p}token_embedding.weight", ("text", "token_embedding"), None, "plain", (t.vocab_size, td)
+    yield f"{p}positional_embedding", ("text", "position_embedding"), None, "plain", (t.max_positions, td)
+    for x, leaf in (("weight", "scale"), ("bias", "bias")):
+        yield f"{p}ln_final.{x}", ("text", "final_ln", leaf), None, "plain", (td,)
+    if layout.text_projection == "linear":
+        yield f"{p}text_projection.weight", ("text", "head", "kernel"), None, "linear", (e, td)
+        yield f"{p}text_projection.bias", ("text", "head", "bias"), None, "plain", (e,)
+    elif layout.text_projection == "matrix":
+        yield f"{p}text_projection", ("text", "head", "kernel"), None, "plain", (td, e)
+    tf = t.intermediate_size
+    for i in range(t.num_layers):
+        base = f"{p}transformer.resblocks.{i}."
+        yield f"{base}attn.in_proj_weight", ("text", "layers", "attn", "qkv", "kernel"), i, "qkv", (3 * td, td)
+        yield f"{base}attn.in_proj_bias", ("text", "layers", "attn", "qkv", "bias"), i, "qkv", (3 * td,)
+        for name, path, n_in, n_out in (
+            ("attn.out_proj", ("attn", "out"), td, td),
+            ("mlp.c_fc", ("mlp", "fc1"), td, tf),
+            ("mlp.c_proj", ("mlp", "fc2"), tf, td),
+        ):
+            yield f"{base}{name}.weight", ("text", "layers", *path, "kernel"), i, "linear", (n_out, n_in)
+            yield f"{base}{name}.bias", ("text", "layers", *path, "bias"), i, "plain", (n_out,)
+        for ln, short in (("ln_1", "ln1"), ("ln_2", "ln2")):
+            yield f"{base}{ln}.weight", ("text", "layers", short, "scale"), i, "plain", (td,)
+            yield f"{base}{ln}.bias", ("text", "layers", short, "bias"), i, "plain", (td,)
+
+
+def expected_openclip_siglip_keys(config: Any, layout: SiglipLayout = SiglipLayout()) -> list[str]:
+    """Every tensor name an open_clip SigLIP checkpoint of this config and layout must hold."""
+    return [s[0] for s in _siglip_specs(config, layout)]
+
+
+def params_from_openclip_siglip_state(
+    state: dict[str, np.ndarray], config: Any, layout: SiglipLayout = SiglipLayout(), source: str = "checkpoint"
+) -> dict[str, Any]:
+    """open_clip SigLIP tensors → :mod:`jaxplain.models.siglip` params (NumPy float32 arrays, layers stacked).
+
+    The fused ``qkv`` / ``in_proj`` tensors are split into q, k and v, the pooling head's ``kv`` into k and v,
+    torch's ``[out, in]`` weights transposed, the patch convolution flattened, the ``[1, …]`` position table and
+    latent query squeezed; a bias-free text projection gets a zero bias, and ``proj_type`` ``"none"`` an identity
+    head. Raises :class:`~jaxplain.errors.CheckpointError` naming every missing, left-over or mis-shaped tensor.
+    """
+    specs = list(_siglip_specs(config, layout))
+    ignored = (f"{layout.text_prefix}attn_mask", "attn_mask")
+    check_tensors(state, specs, ignored, source, expected_from="the config", config_name="its OpenCLIP config")
+
+    layered: dict[tuple, list] = {}
+    params: dict[str, Any] = {}
+
+    def put(path: tuple, layer: int | None, x: np.ndarray) -> None:
+        if layer is None:
+            set_path(params, path, np.ascontiguousarray(x) if x.ndim else x)
+        else:
+            layered.setdefault(path, []).append(x)
+
+    for key, path, layer, kind, _ in specs:
+        x = np.asarray(state[key], dtype=np.float32)
+        if kind in ("qkv", "kv"):
+            *head, _, leaf = path
+            names = ("q", "k", "v") if kind == "qkv" else ("k", "v")
+            for name, part in zip(names, np.split(x, len(names), axis=0)):
+                put((*head, name, leaf), layer, part.T if leaf == "kernel" else part)
+            continue
+        if kind == "linear":
+            x = x.T
+        elif kind == "patch":
+            x = x.reshape(x.shape[0], -1).T
+        elif kind in ("pos", "latent"):
+            x = x.reshape(x.shape[-2:] if kind == "pos" else (-1,))
+        elif kind == "scalar":
+            x = x.reshape(())
+        put(path, layer, x)
+    for path, xs in layered.items():
+        set_path(params, path, np.stack(xs))
+    e, td = config.embed_dim, config.text.hidden_size
+    if layout.text_projection != "linear":
+        params["text"]["head"] = {
+            "kernel": params["text"].get("head", {}).get("kernel", np.eye(td, e, dtype=np.float32)),
+            "bias": np.zeros(e, np.float32),
+        }
+    return params
+
+
+def read_openclip_siglip_checkpoint(directory: str | Path) -> tuple[dict[str, Any], Any, Any, SiglipLayout]:
+    """``(params, SiglipConfig, processing, SiglipLayout)`` of an open_clip SigLIP checkpoint directory, checked
+    strictly (:func:`siglip_config_from_openclip_dict`, :func:`params_from_openclip_siglip_state`; non-finite
+    weights are refused too)."""
+    directory = Path(directory)
+    d, path = read_config_dict(directory)
+    config, processing, layout = siglip_config_from_openclip_dict(d, source=str(path))
+    state, weights = _read_weights(directory)
+    return params_from_openclip_siglip_state(state, config, layout, source=str(weights)), config, processing, layout
+
+
+# --- tokenizers and the loader ----------------------------------------------------------------------------------
+
+
+def clean_text(text: str, mode: str) -> str:
+    """open_clip's cleaning of a text before its Hugging Face tokenizer sees it (``tokenizer_kwargs.clean``):
+    HTML entities unescaped (twice) and the text stripped, then for ``"whitespace"`` runs of white space made one
+    space, for ``"lower"`` that and lowercasing, for ``"canonicalize"`` (SigLIP's) underscores made spaces, ASCII
+    punctuation removed, lowercased and white space collapsed. (open_clip also runs ``ftfy.fix_text`` first, which
+    repairs mis-decoded text; well-formed text is unchanged by it.)"""
+    text = html.unescape(html.unescape(text)).strip()
+    if mode == "canonicalize":
+        text = text.replace("_", " ").translate(_PUNCTUATION).lower()
+    elif mode == "lower":
+        text = text.lower()
+    elif mode != "whitespace":
+        raise InputError(f"clean must be one of {', '.join(CLEAN_MODES)}, got {mode!r}")
+    return " ".join(text.split())
+
+
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+class OpenClipTokenizer(SiglipTokenizer):
+    """open_clip's ``HFTokenizer`` over a checkpoint's Hugging Face tokenizer: each text cleaned as open_clip
+    cleans it (:func:`clean_text`), then tokenised, padded on the right to ``context_length`` and truncated
+    there as :class:`~jaxplain.data.siglip_inputs.SiglipTokenizer` does. A text with nothing left once cleaned
+    (``"!!!"`` under ``"canonicalize"``) is an :class:`InputError`."""
+
+    def __init__(self, hf_tokenizer, context_length: int, clean: str = DEFAULT_CLEAN):
+        super().__init__(hf_tokenizer, context_length)
+        if clean not in CLEAN_MODES:
+            raise InputError(f"clean must be one of {', '.join(CLEAN_MODES)}, got {clean!r}")
+        self.clean = clean
+        self.padding_side = "right"  # open_clip pads on the right whatever the tokenizer's default
+
+    def ids(self, text: str, name: str = "text") -> list[int]:
+        """Token ids of one cleaned text with its end-of-sequence token, truncated to the context."""
+        if isinstance(text, str) and text.strip():
+            cleaned = clean_text(text, self.clean)
+            if not cleaned:
+                raise InputError(f"{name} {text[:50]!r}: nothing is left once cleaned as open_clip does ({self.clean})")
+            text = cleaned
+        return super().ids(text, name)
+
+
+_HF_TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer.model")
+
+
+def _clip_tokenizer(directory: Path, config: ClipConfig, hf_name: str | None, source: Path) -> Tokenizer:
+    """A CLIP model's tokenizer: the directory's tokenizer files, else jaxplain's bundled CLIP BPE (open_clip's
+    default tokenizer), checked against the text tower (which pools at the highest id, the end of text)."""
+    if any((directory / f).is_file() for f in TOKENIZER_FILES):
+        tok = Tokenizer.from_directory(directory, config.text.max_positions)
+    elif hf_name is not None:
+        raise CheckpointError(
+            f"{source}: 'model_cfg.text_cfg.hf_tokenizer_name' names the tokenizer {hf_name!r}, which {directory} "
+            f"does not carry: put its tokenizer.json (or vocab.json and merges.txt) beside {CONFIG_FILE} "
+            "(jaxplain's bundled CLIP BPE is another tokenizer)"
+        )
+    elif config.text.vocab_size == 49408:
+        tok = Tokenizer.from_directory(bundled_bpe_dir(), config.text.max_positions)
+    else:
+        raise CheckpointError(
+            f"{directory}: no tokenizer files (tokenizer.json, or vocab.json and merges.txt) and the vocabulary "
+            f"({config.text.vocab_size} tokens) is not CLIP's standard one (49408), which jaxplain ships"
+        )
+    if tok.vocab_size > config.text.vocab_size:
+        raise CheckpointError(
+            f"{directory}: the tokenizer has {tok.vocab_size} tokens but the model's embedding table "
+            f"has {config.text.vocab_size} rows"
+        )
+    if tok.eos_id != config.text.eos_token_id:
+        raise CheckpointError(
+            f"{directory}: the tokenizer's end-of-text id is {tok.eos_id}, but OpenCLIP's text tower pools at the "
+            f"highest id, {config.text.eos_token_id} (vocab_size - 1): this is not the model's CLIP tokenizer"
+        )
+    return tok
+
+
+def _siglip_tokenizer(directory: Path, config: Any, layout: SiglipLayout, source: Path) -> OpenClipTokenizer:
+    if not any((directory / f).is_file() for f in _HF_TOKENIZER_FILES):
+        named = (
+            f"the tokenizer {layout.hf_tokenizer_name!r}" if layout.hf_tokenizer_name else "its Hugging Face tokenizer"
+        )
+        raise CheckpointError(
+            f"{directory}: no tokenizer files ({', '.join(_HF_TOKENIZER_FILES)}): this open_clip SigLIP uses "
+            f"{named} ({source.name}: 'model_cfg.text_cfg.hf_tokenizer_name'); put its files (spiece.model or "
+            f"tokenizer.json, with tokenizer_config.json) beside {CONFIG_FILE}"
+        )
+    base = SiglipTokenizer.from_directory(directory, config.text.max_positions)
+    tok = OpenClipTokenizer(base.hf, config.text.max_positions, layout.clean)
+    if tok.vocab_size > config.text.vocab_size:
+        raise CheckpointError(
+            f"{directory}: the tokenizer has {tok.vocab_size} tokens but the model's embedding table "
+            f"has {config.text.vocab_size} rows"
+        )
+    return tok
+
+
+def _cast(params: Any, host: dict[str, Any], dtype: str) -> Any:
+    from jaxplain.models import clip
+    from jaxplain.models.loading import DTYPES
+
+    if dtype != "float32":
+        params = clip.cast_params(params, DTYPES[dtype])  # the temperature stays float32; so does a bias
+        if "logit_bias" in host:
+            params["logit_bias"] = jnp.asarray(host["logit_bias"])
+    return params
+
+
+def load_openclip(directory: Path, name: str, dtype: str) -> Model:
+    """An OpenCLIP native checkpoint directory (``open_clip_config.json``, ``open_clip_model.safetensors``) as a
+    :class:`~jaxplain.models.bundle.Model`; :func:`jaxplain.load` calls it for such a directory.
+
+    * A ViT CLIP (:func:`read_openclip_checkpoint`) is a model of the CLIP family (softmax decision). Its
+      tokenizer is the directory's Hugging Face CLIP tokenizer files (``tokenizer.json``, or ``vocab.json`` and
+      ``merges.txt``) where it has them, else jaxplain's bundled CLIP BPE (open_clip's default tokenizer: 49,408
+      tokens, lowercased, white space cleaned) at ``text_cfg.context_length``. A config that names another
+      tokenizer (``text_cfg.hf_tokenizer_name``) needs its files in the directory.
+    * An open_clip SigLIP (``vision_cfg.timm_model_name`` a timm SigLIP ViT; :func:`read_openclip_siglip_checkpoint`)
+      is a model of the SigLIP family (sigmoid decision), tokenised by :class:`OpenClipTokenizer` over the
+      directory's Hugging Face tokenizer files.
+
+    Preprocessing comes from ``preprocess_cfg``; ``dtype`` is as in :func:`jaxplain.load`. Every problem (an
+    unsupported config, a missing, left-over or mis-shaped tensor, a missing tokenizer) is a
+    :class:`CheckpointError` naming the file and the key.
+    """
+    from jaxplain.models.family import CLIP, SIGLIP
+
+    directory = Path(directory)
+    d, path = read_config_dict(directory)
+    m = d.get("model_cfg") if isinstance(d, dict) else None
+    vc = m.get("vision_cfg") if isinstance(m, dict) else None
+    if isinstance(vc, dict) and vc.get("timm_model_name") is not None:
+        config, processing, layout = siglip_config_from_openclip_dict(d, source=str(path))
+        state, weights = _read_weights(directory)
+        host = params_from_openclip_siglip_state(state, config, layout, source=str(weights))
+        tokenizer = _siglip_tokenizer(directory, config, layout, path)
+        bos = tokenizer.hf.bos_token_id
+        text = dataclasses.replace(
+            config.text,
+            pad_token_id=tokenizer.pad_id,
+            eos_token_id=tokenizer.eos_id,
+            bos_token_id=tokenizer.eos_id if bos is None else int(bos),
+        )
+        config, family = dataclasses.replace(config, text=text), SIGLIP
+    else:
+        config, processing = config_from_openclip_dict(d, source=str(path))
+        state, weights = _read_weights(directory)
+        host = params_from_openclip_state(state, config, source=str(weights))
+        tokenizer = _clip_tokenizer(directory, config, m["text_cfg"].get("hf_tokenizer_name"), path)
+        family = CLIP
+    fp = fingerprint(config, host, processing=processing, tokenizer=tokenizer, family=family)
+    params = _cast(jax.tree.map(jnp.asarray, host), host, dtype)
+    return Model(
+        name=name,
+        config=config,
+        params=params,
+        tokenizer=tokenizer,
+        processing=processing,
+        fingerprint=fp,
+        directory=directory,
+        family=family,
+    )
