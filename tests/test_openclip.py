@@ -6,7 +6,9 @@ Two tiers:
   transformers' ``CLIPModel``) is rewritten by hand, here, into OpenCLIP's directory layout
   (``open_clip_config.json`` + ``open_clip_model.safetensors``) and read back with
   :func:`read_openclip_checkpoint`: image and text embeddings must equal those of ``jaxplain.load`` of the
-  fixture; the config mapping and every refusal are checked too;
+  fixture; ``jaxplain.load`` of that directory (a CLIP-family model) gives the fixture's pixels, ids, embeddings
+  and fingerprinted weights, the bundled CLIP BPE gives transformers' CLIPTokenizer ids where the directory has no
+  tokenizer, and the config mapping and every refusal (tokenizers, other architectures, tensors) are checked too;
 * ``reference`` (needs torch): an independent PyTorch forward of OpenCLIP's ViT CLIP, written here from its
   architecture (``nn.MultiheadAttention`` with the stacked in-projection, class token, ``ln_pre``/``ln_post``,
   ``proj``, causal text tower pooled at the highest id), its module names giving OpenCLIP's key layout. Random
@@ -20,14 +22,19 @@ import copy
 import dataclasses
 import json
 import math
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxplain
 from jaxplain.data.images import OPENAI_CLIP_MEAN
+from jaxplain.data.tokenize import bundled_bpe_dir
 from jaxplain.errors import CheckpointError
 from jaxplain.models import clip
+from jaxplain.models.bundle import fingerprint
+from jaxplain.models.family import CLIP
 from jaxplain.models.loading import read_weights
 from jaxplain.models.openclip_convert import (
     CONFIG_FILE,
@@ -124,7 +131,27 @@ def tiny_openclip_dir(tmp_path_factory):
     hf = json.loads((TINY / "config.json").read_text())
     save_file(hf_to_openclip(read_weights(TINY), hf), str(out / WEIGHTS_FILE))
     (out / CONFIG_FILE).write_text(json.dumps(tiny_openclip_config(), indent=2))
+    for name in TINY_TOKENIZER:  # hub repos often ship the Hugging Face tokenizer files beside the open_clip ones
+        shutil.copyfile(TINY / name, out / name)
     return out
+
+
+TINY_TOKENIZER = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json")
+
+
+def _write_openclip(out, config: dict, state: dict, tokenizer: bool = False):
+    from safetensors.numpy import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.array(v, order="C") for k, v in state.items()}, str(out / WEIGHTS_FILE))
+    (out / CONFIG_FILE).write_text(json.dumps(config))
+    for name in TINY_TOKENIZER if tokenizer else ():
+        shutil.copyfile(TINY / name, out / name)
+    return out
+
+
+def _tiny_state() -> dict[str, np.ndarray]:
+    return hf_to_openclip(read_weights(TINY), json.loads((TINY / "config.json").read_text()))
 
 
 def test_tiny_fixture_round_trip_equals_hf_load(tiny_openclip_dir, tiny_model):
@@ -151,6 +178,98 @@ def test_tiny_fixture_round_trip_equals_hf_load(tiny_openclip_dir, tiny_model):
     np.testing.assert_allclose(np.asarray(got), ref["image_embeds"], atol=1e-5)
     got = clip.text_forward(params, jnp.asarray(ref["input_ids"]), config)[0]
     np.testing.assert_allclose(np.asarray(got), ref["text_embeds"], atol=1e-5)
+
+
+# --- through jaxplain.load ------------------------------------------------------------------------------------
+
+
+def test_load_gives_the_tiny_models_outputs(tiny_openclip_dir, tiny_model):
+    model = jaxplain.load(tiny_openclip_dir)
+    assert model.family is CLIP and model.decision == "softmax" and model.directory == tiny_openclip_dir
+    images = [FIXTURES / "images" / n for n in ("01_rgb.png", "04_gray.png", "06_tall.png")]
+    np.testing.assert_array_equal(model.preprocess(images), tiny_model.preprocess(images))
+    np.testing.assert_array_equal(model.tokenize(TEXTS), tiny_model.tokenize(TEXTS))
+    np.testing.assert_array_equal(model.encode_images(images), tiny_model.encode_images(images))
+    np.testing.assert_array_equal(model.encode_texts(TEXTS), tiny_model.encode_texts(TEXTS))
+    assert model.logit_scale == tiny_model.logit_scale and model.logit_bias == 0.0
+    # the same weights, preprocessing and tokenizer; the config differs only in the pad id (OpenCLIP pads with 0)
+    want = fingerprint(
+        model.config, tiny_model.params, processing=tiny_model.processing, tokenizer=tiny_model.tokenizer
+    )
+    assert model.fingerprint == want
+    assert model.config == dataclasses.replace(
+        tiny_model.config, text=dataclasses.replace(tiny_model.config.text, pad_token_id=0)
+    )
+    half = jaxplain.load(tiny_openclip_dir, dtype="bfloat16")
+    assert half.params["vision"]["layers"]["attn"]["q"]["kernel"].dtype == jnp.bfloat16
+    assert half.fingerprint == model.fingerprint
+    assert np.abs(half.encode_texts(TEXTS) - model.encode_texts(TEXTS)).max() < 0.05
+
+
+def test_bundled_clip_bpe_when_the_directory_has_none(tmp_path):
+    """open_clip's default tokenizer is CLIP's BPE at the config's context: jaxplain's bundled copy gives the ids
+    transformers' CLIPTokenizer gives (lowercased, white space cleaned, truncated keeping the end of text)."""
+    from transformers import CLIPTokenizer
+
+    cfg = tiny_openclip_config()
+    cfg["model_cfg"]["text_cfg"]["vocab_size"] = 49408
+    state = _tiny_state()
+    state["token_embedding.weight"] = np.random.default_rng(0).normal(0, 0.1, (49408, 32)).astype(np.float32)
+    model = jaxplain.load(_write_openclip(tmp_path / "oc", cfg, state))
+    texts = ["A photo of a CAT.", "  two   towers,\tdrawn  ", "naïve café, 東京", "sandal " * 80]
+    with pytest.warns(UserWarning, match="text 3.*truncated"):
+        got = model.tokenize(texts)
+    hf = CLIPTokenizer.from_pretrained(str(bundled_bpe_dir()))
+    want = hf(texts, padding="max_length", max_length=77, truncation=True).input_ids
+    np.testing.assert_array_equal(got, np.asarray(want))
+    assert got.shape == (4, 77) and (got[:, 0] == 49406).all() and got[3, -1] == 49407
+    assert model.tokenizer.vocab_size == 49408 and model.config.text.eos_token_id == 49407
+    ids = jnp.asarray(got)
+    want_txt = clip.text_forward(model.params, ids, model.config)[0]
+    np.testing.assert_allclose(model.encode_ids(got), np.asarray(want_txt), atol=1e-6)
+
+
+def test_tokenizer_refusals_name_what_is_needed(tmp_path):
+    state = _tiny_state()
+    cfg = tiny_openclip_config()
+    cfg["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = "org/their-tokenizer"
+    with pytest.raises(CheckpointError, match=r"hf_tokenizer_name.*org/their-tokenizer.*tokenizer\.json"):
+        jaxplain.load(_write_openclip(tmp_path / "named", cfg, state))
+    assert jaxplain.load(_write_openclip(tmp_path / "named-here", cfg, state, tokenizer=True)).tokenizer.eos_id == 1513
+    with pytest.raises(CheckpointError, match=r"no tokenizer files.*1514 tokens.*not CLIP's standard"):
+        jaxplain.load(_write_openclip(tmp_path / "none", tiny_openclip_config(), state))
+    # a tokenizer whose end of text is not the highest id, where the text tower pools
+    big = tiny_openclip_config()
+    big["model_cfg"]["text_cfg"]["vocab_size"] = 1600
+    grown = dict(state, **{"token_embedding.weight": np.zeros((1600, 32), np.float32)})
+    with pytest.raises(CheckpointError, match=r"end-of-text id is 1513.*highest id, 1599"):
+        jaxplain.load(_write_openclip(tmp_path / "grown", big, grown, tokenizer=True))
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "named"),
+    [
+        (("vision_cfg", "layers"), [3, 4, 6, 3], "ModifiedResNet"),
+        (("vision_cfg", "timm_model_name"), "convnext_base", "ConvNeXt"),
+        (("vision_cfg", "attentional_pool"), True, "attentional_pool"),
+        (("multimodal_cfg",), {"width": 512, "layers": 12}, "multimodal_cfg"),
+    ],
+    ids=["resnet", "convnext", "attentional_pool", "coca"],
+)
+def test_load_refuses_other_architectures_by_name(tmp_path, path, value, named):
+    cfg = tiny_openclip_config()
+    target = cfg["model_cfg"]
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(CheckpointError, match=rf"open_clip_config\.json.*{named}"):
+        jaxplain.load(_write_openclip(tmp_path / "oc", cfg, _tiny_state(), tokenizer=True))
+
+
+def test_load_refuses_leftover_tensors_by_name(tmp_path):
+    state = dict(_tiny_state(), logit_bias=np.zeros((), np.float32))
+    with pytest.raises(CheckpointError, match=r"(?s)open_clip_model\.safetensors.*left-over.*logit_bias"):
+        jaxplain.load(_write_openclip(tmp_path / "oc", tiny_openclip_config(), state, tokenizer=True))
 
 
 def test_config_mapping(tiny_openclip_dir):

@@ -219,8 +219,10 @@ def _check_keys(
     read: tuple[str, ...],
     neutral: dict[str, tuple[Any, ...]],
     ignored: tuple[str, ...],
+    arch: str = "native CLIP",
 ) -> dict[str, Any]:
-    """``d`` if it is a JSON object whose every key is known and every neutral key has a supported value."""
+    """``d`` if it is a JSON object whose every key is known and every neutral key has a supported value
+    (``arch`` names the architecture in the messages)."""
     if not isinstance(d, dict):
         raise CheckpointError(f"{source}: {where!r} must be a JSON object, got {type(d).__name__} {_short(d)}")
     for key, value in d.items():
@@ -229,15 +231,15 @@ def _check_keys(
             continue
         if key not in neutral:
             raise CheckpointError(
-                f"{source}: {name!r} is not a setting jaxplain knows for OpenCLIP's native CLIP; refused rather than "
+                f"{source}: {name!r} is not a setting jaxplain knows for OpenCLIP's {arch}; refused rather than "
                 "loaded as a model it may not be"
             )
         allowed = neutral[key]
         if not any(value == a and type(value) is type(a) for a in allowed):
             want = " or ".join(json.dumps(a) for a in allowed)
             raise CheckpointError(
-                f"{source}: {name!r} is {_short(value)}: this variant is not jaxplain's CLIP architecture (supported: "
-                f"{want})"
+                f"{source}: {name!r} is {_short(value)}: this variant is not OpenCLIP's {arch} as jaxplain "
+                f"computes it (supported: {want})"
             )
     return d
 
@@ -623,16 +625,22 @@ def _square(value: Any, name: str, source: str) -> int:
     return value
 
 
+def _trunk_name(vc: Any, source: str) -> str:
+    """The vision_cfg's ``timm_model_name``, if it is a trunk jaxplain reads."""
+    name = vc.get("timm_model_name") if isinstance(vc, dict) else None
+    if name not in TIMM_SIGLIP_TRUNKS:
+        raise CheckpointError(
+            f"{source}: 'model_cfg.vision_cfg.timm_model_name' is {_short(name)}: jaxplain reads timm trunks only as "
+            f"open_clip's SigLIP ViTs with an attention-pooling head ({', '.join(sorted(TIMM_SIGLIP_TRUNKS))}); "
+            "other timm trunks (ConvNeXt, EVA, average-pooled or NaFlex ViTs, ...) are not supported"
+        )
+    return name
+
+
 def _timm_trunk(vc: dict[str, Any], source: str) -> tuple[int, int, int, int, int, int, str]:
     """``(width, depth, heads, mlp_width, patch, image_size, activation)`` of a vision_cfg's timm trunk."""
     where = "model_cfg.vision_cfg"
-    name = vc.get("timm_model_name")
-    if name not in TIMM_SIGLIP_TRUNKS:
-        raise CheckpointError(
-            f"{source}: '{where}.timm_model_name' is {_short(name)}: jaxplain reads timm trunks only as open_clip's "
-            f"SigLIP ViTs with an attention-pooling head ({', '.join(sorted(TIMM_SIGLIP_TRUNKS))}); other timm "
-            "trunks (ConvNeXt, EVA, average-pooled or NaFlex ViTs, ...) are not supported"
-        )
+    name = _trunk_name(vc, source)
     width, depth, heads, ratio, patch, size, act = TIMM_SIGLIP_TRUNKS[name]
     kw = vc.get("timm_model_kwargs") or {}
     if not isinstance(kw, dict):
@@ -731,12 +739,14 @@ def siglip_config_from_openclip_dict(d: Any, source: str = CONFIG_FILE) -> tuple
         raise CheckpointError(f"{source}: must hold a JSON object, got {type(d).__name__} {_short(d)}")
     if "model_cfg" not in d:
         raise CheckpointError(f"{source}: no 'model_cfg' (is this an OpenCLIP open_clip_config.json?)")
-    m = _check_keys(d["model_cfg"], "model_cfg", source, _SL_MODEL_READ, _SL_MODEL_NEUTRAL, _MODEL_IGNORED)
+    arch = "SigLIP (timm ViT trunk, native text tower)"
+    m = _check_keys(d["model_cfg"], "model_cfg", source, _SL_MODEL_READ, _SL_MODEL_NEUTRAL, _MODEL_IGNORED, arch)
     for key in ("embed_dim", "vision_cfg", "text_cfg"):
         if m.get(key) is None:
             raise CheckpointError(f"{source}: 'model_cfg.{key}' is missing")
+    _trunk_name(m["vision_cfg"], source)  # another trunk is the first thing to say
     vc = _check_keys(
-        m["vision_cfg"], "model_cfg.vision_cfg", source, _SL_VISION_READ, _SL_VISION_NEUTRAL, _SL_VISION_IGNORED
+        m["vision_cfg"], "model_cfg.vision_cfg", source, _SL_VISION_READ, _SL_VISION_NEUTRAL, _SL_VISION_IGNORED, arch
     )
     if "timm_pool" not in vc or "timm_proj" not in vc:  # open_clip's defaults ('avg', 'linear') are not SigLIP's
         missing = "timm_pool" if "timm_pool" not in vc else "timm_proj"
@@ -744,7 +754,9 @@ def siglip_config_from_openclip_dict(d: Any, source: str = CONFIG_FILE) -> tuple
             f"{source}: 'model_cfg.vision_cfg.{missing}' is not set (open_clip's default is not SigLIP's): "
             'jaxplain reads timm trunks with timm_pool "map" and timm_proj "none"'
         )
-    tc = _check_keys(m["text_cfg"], "model_cfg.text_cfg", source, _SL_TEXT_READ, _SL_TEXT_NEUTRAL, _SL_TEXT_IGNORED)
+    tc = _check_keys(
+        m["text_cfg"], "model_cfg.text_cfg", source, _SL_TEXT_READ, _SL_TEXT_NEUTRAL, _SL_TEXT_IGNORED, arch
+    )
     if not _is_number(m.get("init_logit_bias")):
         raise CheckpointError(
             f"{source}: 'model_cfg.init_logit_bias' is {_short(m.get('init_logit_bias'))}: a timm trunk is read only "
