@@ -81,7 +81,7 @@ def _copy_golden(tmp_path, config: dict | None = None, state: dict | None = None
     if state is None:
         shutil.copyfile(GOLDEN / WEIGHTS_FILE, out / WEIGHTS_FILE)
     else:
-        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(out / WEIGHTS_FILE))
+        save_file({k: np.array(v, order="C") for k, v in state.items()}, str(out / WEIGHTS_FILE))
     return out
 
 
