@@ -130,3 +130,30 @@ def test_demo_errors(tmp_path, capsys):
         main(["demo", "--out", str(tmp_path), "--n", "0"])
     assert e.value.code == 2
     assert "argument --n: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_demo_on_the_shipped_siglip(tmp_path):
+    """``demo --model fashion-siglip``: the sigmoid decision, re-checked by hand, and a report that says so."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", "fashion-siglip", "--out", str(out), "--n", "2", "--seed", "1"]) == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    html = (out / "report.html").read_text()
+    model = jaxplain.load("fashion-siglip")
+    images, _ = fashion_mnist.load_shipped_test()
+    cls = jaxplain.class_embeddings(model, CLASSES)
+    for r in records:
+        u = model.encode_images([images[r["image"]]])[0]
+        p = 1 / (1 + np.exp(-(model.logit_scale * (cls.astype(np.float64) @ u) + model.logit_bias)))  # by hand
+        assert r["predicted"] == CLASSES[p.argmax()] and r["confidence"] == pytest.approx(p.max(), abs=1e-5)
+        assert f"with {r['confidence']:.1%} (sigmoid)" in html
+        for c in r["other_class"]["counterfactuals"]:
+            pc = 1 / (
+                1
+                + np.exp(
+                    -(model.logit_scale * (cls @ model.encode_images([images[c["bank_row"]]])[0]) + model.logit_bias)
+                )
+            )
+            assert pc.argmax() != p.argmax() and c["confidence"] == pytest.approx(pc.max(), abs=1e-5)
+        a = r["attribution"]["predicted"]
+        assert a["score"] == pytest.approx(p.max(), abs=1e-4)  # IG explains the sigmoid probability
+    assert "sigmoid of each class on its own" in html and "need not sum to 100%" in html
