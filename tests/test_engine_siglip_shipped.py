@@ -78,7 +78,8 @@ def test_probability_thresholds_on_several_classes(shipped):
     kw = dict(want=wants, bank=bank, classes=CLASSES, top=3)
     res = counterfactuals(model, queries, search="index", **kw)
     orc = counterfactuals(model, queries, search="exhaustive", **kw)
-    _compare_with_oracle(res, orc)
+    # ScaNN's k-means partitions differ from build to build: the median distance ratio measured 1.000 and 1.022
+    _compare_with_oracle(res, orc, distance_ratio=1.05)
     # every pair has an answer in the bank unless its image already reaches the outcome
     assert all(o.found or o.status == "already" for o in orc.pairs)
     cls_emb = jaxplain.class_embeddings(model, CLASSES)
